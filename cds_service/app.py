@@ -1,0 +1,108 @@
+"""The Flask application: thin routes that translate HTTP to a HookEngine call and back."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import orjson
+from flask import Flask, Response, request
+from flask_cors import CORS
+from werkzeug.exceptions import HTTPException
+
+from .cards import CardTemplates, CardWriter
+from .config import Settings
+from .errors import BadRequest, ServiceError, UnknownService, UnsupportedMediaType
+from .hooks import HookEngine
+from .knowledge import load_knowledge
+from .privacy import pseudonym
+from .services import SERVICES
+from .warmup import warm_up
+
+log = logging.getLogger("cds_service")
+
+
+def _json(body: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status=status, mimetype="application/json")
+
+
+def operation_outcome(status: int, code: str, message: str) -> Response:
+    """Error bodies are FHIR OperationOutcomes, as CDS Hooks 3.0 recommends."""
+    return _json({"resourceType": "OperationOutcome",
+                  "issue": [{"severity": "error", "code": code, "diagnostics": message}]}, status)
+
+
+def _decode_json_body() -> object:
+    mimetype = request.mimetype or ""
+    if mimetype != "application/json" and not mimetype.endswith("+json"):
+        raise UnsupportedMediaType("send the request as application/json")
+    raw = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
+    if not raw:
+        raise BadRequest("request body is empty")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+
+
+def create_app(settings: Settings | None = None, *,
+               clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> Flask:
+    """Build the service: knowledge and templates are loaded and compiled here, once."""
+    settings = settings or Settings()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["SETTINGS"] = settings
+    knowledge = load_knowledge(settings.knowledge_dir)
+    writer = CardWriter(knowledge, CardTemplates.load(settings.cards_dir))
+    engine = HookEngine(knowledge, writer)
+    app.extensions["hook_engine"] = engine
+    CORS(app, origins=list(settings.cors_origins), methods=["GET", "POST", "OPTIONS"],
+         allow_headers=["Authorization", "Content-Type"], max_age=600)
+
+    @app.get("/cds-services")
+    def discovery():
+        return _json({"services": [s.discovery() for s in SERVICES.values()]})
+
+    @app.post("/cds-services/<service_id>")
+    def call_service(service_id: str):
+        started = time.perf_counter()
+        service = SERVICES.get(service_id)
+        if service is None:
+            raise UnknownService(f"no CDS service '{service_id}'; see GET /cds-services")
+        body = _decode_json_body()
+        patient_tag = "-"
+        if isinstance(body, dict) and isinstance(body.get("context"), dict):
+            patient_tag = pseudonym(str(body["context"].get("patientId")), settings.log_hash_key)
+        try:
+            response = engine.call(service, body, clock())
+        except ServiceError as exc:
+            log.info("hook %s patient=%s status=%d reason=%s", service_id, patient_tag,
+                     exc.status, type(exc).__name__)
+            raise
+        except Exception:
+            # Never block ordering because of our own failure: no card, and a log to fix it.
+            log.exception("hook %s patient=%s failed; answering with no cards", service_id,
+                          patient_tag)
+            return _json({"cards": []})
+        log.info("hook %s patient=%s status=200 cards=%d ms=%.1f", service_id, patient_tag,
+                 len(response["cards"]), (time.perf_counter() - started) * 1000)
+        return _json(response)
+
+    @app.errorhandler(ServiceError)
+    def service_error(exc: ServiceError):
+        return operation_outcome(exc.status, exc.code, exc.message)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        return operation_outcome(exc.code or 500, "invalid" if (exc.code or 500) < 500
+                                 else "exception", exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return operation_outcome(500, "exception", "internal error")
+
+    warm_up(app)
+    return app

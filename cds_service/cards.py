@@ -1,0 +1,293 @@
+"""Findings -> CDS Hooks cards, with the wording from cards/cards.toml.
+
+Templates are compiled once at start. Values from the chart are escaped for Markdown in details;
+summaries stay under 140 characters by listing fewer items ("and N more").
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from jinja2 import StrictUndefined
+from jinja2.sandbox import SandboxedEnvironment
+
+from .assessment import Assessment, DraftFinding, Evidence, Finding
+from .fhir_read import validate
+from .knowledge import Knowledge
+from .record import ProcedureEntry
+
+CARDS_DIR = Path(__file__).resolve().parent.parent / "cards"
+SUMMARY_LIMIT = 139  # CDS Hooks: "<140 characters"
+# Characters that would turn chart text into emphasis, links, HTML, headings or tables.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>#|~])")
+
+
+class Rendered(str):
+    """Markdown we rendered ourselves: inserted into another template without escaping again."""
+
+
+def _markdown_escape(value: Any) -> Any:
+    if isinstance(value, Rendered) or not isinstance(value, str):
+        return value
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", value)
+
+
+def _number(value: float) -> str:
+    """Few enough digits for a clinician: 1603, 10.8, 3.05."""
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}".rstrip("0").rstrip(".")
+    return f"{value:.2f}".rstrip("0").rstrip(".")
+
+
+def _date(value: datetime | None) -> str:
+    return value.date().isoformat() if value else ""
+
+
+class TemplateError(ValueError):
+    """cards.toml is missing a template or a template does not compile."""
+
+
+@dataclass(frozen=True)
+class CardTemplates:
+    spec: dict
+    plain: SandboxedEnvironment
+    markdown: SandboxedEnvironment
+
+    @classmethod
+    def load(cls, directory: Path | None = None) -> CardTemplates:
+        path = (directory or CARDS_DIR) / "cards.toml"
+        try:
+            spec = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise TemplateError(f"cannot read {path}: {exc}") from exc
+        options = dict(undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                       autoescape=False)
+        return cls(spec, SandboxedEnvironment(**options),
+                   SandboxedEnvironment(finalize=_markdown_escape, **options))
+
+    def plain_text(self, *keys: str):
+        return self.plain.from_string(self._get(keys))
+
+    def markdown_text(self, *keys: str):
+        return self.markdown.from_string(self._get(keys))
+
+    def _get(self, keys: tuple[str, ...]) -> str:
+        node: Any = self.spec
+        for key in keys:
+            if not isinstance(node, dict) or key not in node:
+                raise TemplateError(f"cards.toml has no {'.'.join(keys)}")
+            node = node[key]
+        return node
+
+
+class CardWriter:
+    """Writes the cards for one assessment; built once, used for every request."""
+
+    def __init__(self, knowledge: Knowledge, templates: CardTemplates):
+        self.knowledge = knowledge
+        self.t = templates
+        spec = templates.spec
+        get = templates.plain_text
+        md = templates.markdown_text
+        self.source = {"label": spec["source"]["label"], "topic": dict(spec["source"]["topic"])}
+        self.links = [{"label": link["label"], "url": link["url"], "type": "absolute"}
+                      for link in spec["links"]]
+        reasons = spec["override_reasons"]
+        self.override_reasons = [{"system": reasons["system"], "code": r["code"],
+                                  "display": r["display"]} for r in reasons["reasons"]]
+        self.footer = f"{spec['scope_note']}\n\n{spec['references'].strip()}"
+        self.evidence = {k: md("evidence", k) for k in
+                         ("medication", "lab", "condition", "unreadable_lab")}
+        self.items = {k: get("summary_items", k) for k in ("medication", "lab")}
+        self.actions = dict(spec["actions"])
+        self.pv_summary = {k: get("patient_view", k, "summary")
+                           for k in ("warning", "critical", "info")}
+        self.pv_detail = md("patient_view", "detail", "text")
+        self.pv_info_detail = md("patient_view", "info", "detail")
+        self.order_summary = {k: get("order", k, "summary") for k in ("warning", "critical")}
+        self.order_detail = md("order", "detail", "text")
+        self.replace = {k: get("suggestions", "replace", k) for k in ("label", "delete", "create")}
+        self.scope = {k: md("scope", k) for k in ("dialysis", "diagnosis")}
+
+    # -- evidence as words ---------------------------------------------------------------------
+    def _lab_vars(self, ev: Evidence) -> dict:
+        lab = ev.lab
+        definition = self.knowledge.labs[lab.lab]
+        factor = next(f for f in self.knowledge.factors.values() if f.lab == lab.lab)
+        comparison = ("above" if factor.above is not None or factor.uln_multiple is not None
+                      else "below" if factor.below is not None else "at least")
+        return dict(label=definition.label, reported_value=lab.reported_value,
+                    reported_unit=lab.reported_unit, value=_number(lab.value),
+                    unit=definition.canonical_unit,
+                    converted=lab.reported_unit != definition.canonical_unit
+                    and definition.units.get(lab.reported_unit) != 1.0,
+                    date=_date(lab.effective), threshold=_number(ev.threshold),
+                    comparison=comparison, uln=_number(ev.uln) if ev.uln else "",
+                    uln_from_assay=ev.uln_from_assay)
+
+    def _line(self, ev: Evidence) -> Rendered | None:
+        return Rendered(self._evidence_text(ev)) if not ev.sex else None
+
+    def _evidence_text(self, ev: Evidence) -> str:
+        if ev.medication:
+            m = ev.medication
+            return self.evidence["medication"].render(
+                name=m.name, ingredient=m.ingredient, status=m.status, date=_date(m.date),
+                matched_by=m.matched_by)
+        if ev.lab:
+            return self.evidence["lab"].render(**self._lab_vars(ev))
+        if ev.condition:
+            c = ev.condition
+            return self.evidence["condition"].render(name=c.name, code=c.matched[0])
+        raise ValueError("sex is shown by its factor label alone")
+
+    def _item(self, ev: Evidence) -> str | None:
+        if ev.medication:
+            return self.items["medication"].render(ingredient=ev.medication.ingredient)
+        if ev.lab:
+            return self.items["lab"].render(**self._lab_vars(ev))
+        return None
+
+    def _factor_rows(self, findings: list[Finding]) -> list[dict]:
+        return [{"label": f.factor.label,
+                 "lines": [line for e in f.evidence if (line := self._line(e))],
+                 "action": self.actions.get(f.factor.id, "")} for f in findings]
+
+    def _scope_line(self, assessment: Assessment, template: dict) -> Rendered:
+        procedure = next((e for e in assessment.scope_evidence if isinstance(e, ProcedureEntry)),
+                         None)
+        condition = next((e for e in assessment.scope_evidence
+                          if not isinstance(e, ProcedureEntry)), None)
+        if procedure is not None:
+            return Rendered(template["dialysis"].render(
+                procedure=procedure.name or procedure.code, date=_date(procedure.performed),
+                condition=condition.name if condition else ""))
+        return Rendered(template["diagnosis"].render(condition=condition.name,
+                                                     code=condition.matched[0]))
+
+    def _unreadable_lines(self, assessment: Assessment) -> list[str]:
+        lines = []
+        for note in assessment.lab_notes:
+            lines.append(Rendered(self.evidence["unreadable_lab"].render(
+                label=self.knowledge.labs[note.lab].label, date=_date(note.result.effective),
+                reason=note.result.unreadable_because or "unreadable")))
+        return lines
+
+    def _summary(self, template, items: list[str], **values) -> str:
+        """Render with as many items as fit under the limit; the rest become "and N more"."""
+        for keep in range(len(items), -1, -1):
+            text = template.render(items=items[:keep], more=len(items) - keep, **values)
+            text = " ".join(text.split())
+            if len(text) <= SUMMARY_LIMIT:
+                return text
+        return text[: SUMMARY_LIMIT - 1].rstrip() + "…"
+
+    def _detail(self, body: str) -> str:
+        return f"{body.strip()}\n\n{self.footer}"
+
+    def _card(self, summary: str, indicator: str, detail: str, suggestions=None) -> dict:
+        card = {"uuid": str(uuid.uuid4()), "summary": summary, "indicator": indicator,
+                "detail": detail, "source": self.source, "links": self.links,
+                "overrideReasons": self.override_reasons}
+        if suggestions:
+            card["suggestions"] = suggestions
+            card["selectionBehavior"] = "at-most-one"
+        return card
+
+    # -- patient-view --------------------------------------------------------------------------
+    def patient_view(self, assessment: Assessment) -> list[dict]:
+        if not assessment.in_scope:
+            return []
+        scope = self._scope_line(assessment, self.scope)
+        unreadable = self._unreadable_lines(assessment)
+        firing = assessment.firing
+        if not firing:
+            if not assessment.pth_overdue:
+                return []
+            days = self.knowledge.pth_interval_days
+            return [self._card(
+                self._summary(self.pv_summary["info"], [], pth_interval_days=days), "info",
+                self._detail(self.pv_info_detail.render(
+                    pth_interval_days=days, scope=scope, unreadable=unreadable)))]
+        critical = assessment.known_calciphylaxis is not None and assessment.on_culprit_drug
+        if critical:
+            # Lead with the drugs that should stop.
+            firing = sorted(firing, key=lambda f: not f.factor.culprit_drug)
+        items = [i for f in firing for e in f.evidence if (i := self._item(e))]
+        items = list(dict.fromkeys(items))
+        known = assessment.known_calciphylaxis
+        detail = self.pv_detail.render(
+            known_calciphylaxis=(f"{known.name} ({known.matched[0]})" if known else ""),
+            scope=scope, factors=self._factor_rows(firing),
+            context=self._factor_rows(assessment.context), unreadable=unreadable,
+            pth_overdue=assessment.pth_overdue,
+            pth_interval_days=self.knowledge.pth_interval_days)
+        indicator = "critical" if critical else "warning"
+        return [self._card(self._summary(self.pv_summary[indicator], items), indicator,
+                           self._detail(detail))]
+
+    # -- order-select / order-sign -------------------------------------------------------------
+    def order_cards(self, assessment: Assessment, patient_id: str) -> list[dict]:
+        if not assessment.in_scope:
+            return []
+        return [self._order_card(assessment, draft, patient_id)
+                for draft in assessment.draft_findings]
+
+    def _order_card(self, assessment: Assessment, draft: DraftFinding, patient_id: str) -> dict:
+        order = draft.order
+        others = [f for f in assessment.firing]
+        items = list(dict.fromkeys(
+            i for f in others for e in f.evidence
+            if (i := self._item(e)) and i != order.ingredient))
+        critical = assessment.known_calciphylaxis is not None
+        indicator = "critical" if critical else "warning"
+        known = assessment.known_calciphylaxis
+        detail = self.order_detail.render(
+            known_calciphylaxis=(f"{known.name} ({known.matched[0]})" if known else ""),
+            order=order.name, drug=order.ingredient, factor=draft.finding.factor.label,
+            action=self.actions.get(draft.finding.factor.id, ""),
+            scope=self._scope_line(assessment, self.scope),
+            factors=self._factor_rows(others), context=self._factor_rows(assessment.context),
+            other_drafts=[m.name for m in draft.other_drafts],
+            unreadable=self._unreadable_lines(assessment))
+        summary = self._summary(self.order_summary[indicator], items, drug=order.ingredient)
+        suggestions = [self._replacement(order, s, patient_id) for s in draft.substitutes]
+        return self._card(summary, indicator, self._detail(detail),
+                          [s for s in suggestions if s])
+
+    def _replacement(self, order, substitute, patient_id: str) -> dict | None:
+        """Delete the draft and create the substitute: a one-click swap in the EHR."""
+        if "/" not in order.reference:
+            return None  # a draft without an id cannot be deleted
+        words = dict(drug=order.ingredient, order=order.name, substitute=substitute.display)
+        resource = {
+            "resourceType": "MedicationRequest",
+            "status": "draft",
+            "intent": "order",
+            "subject": {"reference": f"Patient/{patient_id}"},
+            "medicationCodeableConcept": {
+                "coding": [{"system": self.knowledge.systems["atc"],
+                            "code": substitute.atc_code, "display": substitute.atc_display}],
+                "text": substitute.display,
+            },
+        }
+        validate(resource)  # what we ask the EHR to create must itself be valid FHIR R4
+        return {
+            "uuid": str(uuid.uuid4()),
+            "label": self.replace["label"].render(**words),
+            "isRecommended": True,
+            "actions": [
+                {"type": "delete", "description": self.replace["delete"].render(**words),
+                 "resourceId": order.reference},
+                {"type": "create", "description": self.replace["create"].render(**words),
+                 "resource": resource},
+            ],
+        }

@@ -1,0 +1,115 @@
+"""The `cds-service` command: serve the API, or evaluate one request file without a server."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+import orjson
+
+from .config import ConfigError, Settings, load_settings
+from .errors import ServiceError
+
+
+@click.group()
+def main() -> None:
+    """Calciphylaxis risk CDS Hooks service."""
+
+
+@main.command()
+@click.option("--host", help="Address to bind (default from config, else 127.0.0.1).")
+@click.option("--port", type=int, help="Port to bind (default from config, else 8080).")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              help="TOML configuration file. Without one: development mode on loopback.")
+@click.option("--workers", type=int, help="Gunicorn worker processes (default 2).")
+def serve(host: str | None, port: int | None, config_path: str | None,
+          workers: int | None) -> None:
+    """Run the service under gunicorn (sync workers: best for this CPU-bound work)."""
+    from gunicorn.app.base import BaseApplication
+
+    from .app import create_app
+
+    try:
+        settings = load_settings(config_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if settings.development:
+        if host and host not in ("127.0.0.1", "localhost", "::1"):
+            raise click.ClickException("development mode (no --config) binds loopback only")
+        logging.getLogger("cds_service").warning(
+            "DEVELOPMENT MODE: no configuration file; listening on loopback only")
+    bind = f"{host or settings.host}:{port or settings.port}"
+
+    class Server(BaseApplication):
+        def load_config(self):
+            self.cfg.set("bind", [bind])
+            self.cfg.set("workers", workers or settings.workers)
+            self.cfg.set("worker_class", "sync")
+            self.cfg.set("timeout", 30)
+            self.cfg.set("graceful_timeout", 10)
+            self.cfg.set("max_requests", 10000)
+            self.cfg.set("max_requests_jitter", 1000)
+            self.cfg.set("accesslog", None)
+
+        def load(self):
+            return create_app(settings)
+
+    Server().run()
+
+
+def _print_cards(response: dict) -> None:
+    cards = response["cards"]
+    if not cards:
+        click.echo("No cards.")
+    for card in cards:
+        click.echo(f"[{card['indicator'].upper()}] {card['summary']}")
+        click.echo("")
+        click.echo(card["detail"])
+        for suggestion in card.get("suggestions", []):
+            click.echo(f"  Suggestion: {suggestion['label']}")
+        click.echo("-" * 72)
+
+
+@main.command()
+@click.argument("request_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--now", "now_text", help="Evaluate as of this ISO instant (default: now).")
+@click.option("--json", "as_json", is_flag=True, help="Print the CDS Hooks response as JSON.")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False))
+def evaluate(request_file: str, now_text: str | None, as_json: bool,
+             config_path: str | None) -> None:
+    """Print the cards a CDS Hooks request file produces (no server needed)."""
+    from .cards import CardTemplates, CardWriter
+    from .hooks import HookEngine, service_for_hook
+    from .knowledge import load_knowledge
+
+    settings = load_settings(config_path) if config_path else Settings()
+    try:
+        body = orjson.loads(Path(request_file).read_bytes())
+    except orjson.JSONDecodeError as exc:
+        raise click.ClickException(f"{request_file} is not valid JSON: {exc}") from exc
+    now = datetime.now(UTC)
+    if now_text:
+        now = datetime.fromisoformat(now_text.replace("Z", "+00:00"))
+        now = now if now.tzinfo else now.replace(tzinfo=UTC)
+    service = service_for_hook(body.get("hook", "") if isinstance(body, dict) else "")
+    if service is None:
+        raise click.ClickException("the request's hook is not one this service serves")
+    knowledge = load_knowledge(settings.knowledge_dir)
+    engine = HookEngine(knowledge, CardWriter(knowledge, CardTemplates.load(settings.cards_dir)))
+    try:
+        response = engine.call(service, body, now)
+    except ServiceError as exc:
+        click.echo(f"HTTP {exc.status}: {exc.message}", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(orjson.dumps(response, option=orjson.OPT_INDENT_2).decode())
+    else:
+        _print_cards(response)
+
+
+if __name__ == "__main__":
+    main()

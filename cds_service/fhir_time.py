@@ -1,0 +1,34 @@
+"""FHIR date and dateTime values as UTC-aware datetimes.
+
+fhir.resources hands back `date`, aware `datetime`, or the original string for partial dates
+("2019", "2019-04"). A partial date is read as its first day: older, so never fresher than sent.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+
+def as_utc(value) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    if isinstance(value, str):
+        parts = value.split("-")
+        try:
+            year = int(parts[0])
+            month = int(parts[1]) if len(parts) > 1 else 1
+            return datetime(year, month, 1, tzinfo=UTC)
+        except (ValueError, IndexError):
+            return None
+    return None
+
+
+def period_end(period) -> datetime | None:
+    """The end of a Period, else its start (a procedure still running counts from its start)."""
+    if period is None:
+        return None
+    return as_utc(period.end) or as_utc(period.start)

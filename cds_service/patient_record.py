@@ -1,0 +1,329 @@
+"""Build the PatientRecord from FHIR resources: select, validate, normalise.
+
+A cheap pass over the raw JSON keeps only resources the rules can use (a current medicine order,
+a lab with a known LOINC code, a coded condition or dialysis procedure of the patient); only those
+are validated with fhir.resources. A resource that fails validation, belongs to another patient or
+carries an unreadable value is listed in `record.unreadable`, never fatal and never guessed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from .fhir_read import Unreadable as UnreadableResource
+from .fhir_read import belongs_to, codings, concept_text, validate
+from .fhir_time import as_utc, period_end
+from .knowledge import Knowledge
+from .record import (
+    ConditionEntry,
+    LabResult,
+    Medication,
+    PatientRecord,
+    ProcedureEntry,
+    Unreadable,
+)
+
+UCUM = "http://unitsofmeasure.org"
+CURRENT_REQUEST_STATUSES = frozenset({"active", "on-hold"})
+CURRENT_STATEMENT_STATUSES = frozenset({"active"})
+# Draft orders: anything not already ended counts as an order being placed.
+DRAFT_ORDER_STATUSES = frozenset({"draft", "active", "on-hold", "unknown"})
+RESULT_STATUSES = frozenset({"final", "amended", "corrected"})
+PROCEDURE_STATUSES = frozenset({"completed", "in-progress"})
+IGNORED_VERIFICATION = frozenset({"entered-in-error", "refuted"})
+
+
+def _coded(concept) -> tuple[tuple[str, str, str], ...]:
+    """Codings of a validated CodeableConcept."""
+    if concept is None or not concept.coding:
+        return ()
+    return tuple((c.system or "", c.code or "", c.display or "") for c in concept.coding if c.code)
+
+
+def _text(concept) -> str:
+    if concept is None:
+        return ""
+    if concept.text:
+        return concept.text
+    return " ".join(c.display for c in concept.coding or () if c.display)
+
+
+def _status_code(concept) -> str | None:
+    if concept is None or not concept.coding:
+        return None
+    return concept.coding[0].code
+
+
+class RecordBuilder:
+    """Turns the raw resources of one hook call into a PatientRecord."""
+
+    def __init__(self, knowledge: Knowledge, patient_id: str):
+        self.knowledge = knowledge
+        self.patient_id = patient_id
+        self.record = PatientRecord(patient_id=patient_id)
+        self.medications_by_ref: dict[str, dict] = {}
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _skip(self, resource: dict, reason: str) -> None:
+        rtype = resource.get("resourceType") if isinstance(resource, dict) else None
+        rid = resource.get("id") if isinstance(resource, dict) else None
+        ref = f"{rtype}/{rid}" if isinstance(rtype, str) and isinstance(rid, str) else None
+        self.record.unreadable.append(Unreadable(str(rtype or "unknown"), reason, ref))
+
+    def _validated(self, resource: dict):
+        if not belongs_to(resource, self.patient_id):
+            self._skip(resource, "belongs to another patient")
+            return None
+        try:
+            return validate(resource)
+        except UnreadableResource as exc:
+            self._skip(resource, str(exc))
+            return None
+
+    @staticmethod
+    def _ref(model) -> str:
+        rtype = model.get_resource_type()
+        return f"{rtype}/{model.id}" if model.id else rtype
+
+    # -- entry point ---------------------------------------------------------------------------
+    def add_medication_index(self, resources: Iterable[dict]) -> None:
+        """Remember Medication resources so that medicationReference can be resolved."""
+        for resource in resources:
+            if resource.get("resourceType") == "Medication" and isinstance(resource.get("id"), str):
+                self.medications_by_ref[f"Medication/{resource['id']}"] = resource
+
+    def add(self, resource: Any, *, draft: bool = False) -> None:
+        if not isinstance(resource, dict):
+            self.record.unreadable.append(Unreadable("unknown", "not a JSON object"))
+            return
+        handler = {
+            "Patient": self._patient,
+            "Condition": self._condition,
+            "Procedure": self._procedure,
+            "Observation": self._observation,
+            "MedicationRequest": self._medication_request,
+            "MedicationStatement": self._medication_statement,
+        }.get(resource.get("resourceType"))
+        if handler is None:
+            return  # Medication (indexed above), OperationOutcome, anything else: not used
+        try:
+            if draft:
+                self._medication_request(resource, draft=True)
+            else:
+                handler(resource)
+        except (AttributeError, TypeError, ValueError, KeyError) as exc:
+            # A shape the validator let through but our reading did not expect.
+            self._skip(resource, f"could not be read ({type(exc).__name__})")
+
+    # -- resource types ------------------------------------------------------------------------
+    def _patient(self, resource: dict) -> None:
+        if resource.get("id") != self.patient_id:
+            self._skip(resource, "belongs to another patient")
+            return
+        patient = self._validated(resource)
+        if patient is None:
+            return
+        self.record.sex = patient.gender
+        self.record.deceased = bool(patient.deceasedBoolean) or patient.deceasedDateTime is not None
+        self.record.birth_date = as_utc(patient.birthDate)
+
+    def _condition(self, resource: dict) -> None:
+        raw_codings = codings(resource.get("code"))
+        raw_text = concept_text(resource.get("code"))
+        if not any(c.match(raw_codings, raw_text) for c in self.knowledge.conditions.values()):
+            return
+        condition = self._validated(resource)
+        if condition is None:
+            return
+        verification = _status_code(condition.verificationStatus)
+        if verification in IGNORED_VERIFICATION:
+            return
+        found_codings, text = _coded(condition.code), _text(condition.code)
+        concepts, matched = [], []
+        for concept in self.knowledge.conditions.values():
+            hit = concept.match(found_codings, text)
+            if hit:
+                concepts.append(concept.id)
+                matched.append(hit)
+        if not concepts:
+            return
+        self.record.conditions.append(ConditionEntry(
+            reference=self._ref(condition),
+            concepts=tuple(concepts),
+            matched=tuple(matched),
+            name=text,
+            clinical_status=_status_code(condition.clinicalStatus),
+            verification_status=verification,
+            onset=as_utc(condition.onsetDateTime) or period_end(condition.onsetPeriod)
+            or as_utc(condition.recordedDate),
+            abated=any(getattr(condition, f"abatement{k}") is not None
+                       for k in ("DateTime", "Age", "Period", "Range", "String")),
+        ))
+
+    def _procedure(self, resource: dict) -> None:
+        dialysis = self.knowledge.procedures["dialysis"]
+        if not dialysis.match(codings(resource.get("code")), ""):
+            return
+        procedure = self._validated(resource)
+        if procedure is None or procedure.status not in PROCEDURE_STATUSES:
+            return
+        hit = dialysis.match(_coded(procedure.code), "")
+        if hit is None:
+            return
+        performed = (as_utc(procedure.performedDateTime) or period_end(procedure.performedPeriod)
+                     or as_utc(procedure.performedString))
+        self.record.procedures.append(ProcedureEntry(
+            reference=self._ref(procedure), concept="dialysis", code=hit,
+            name=_text(procedure.code), status=procedure.status, performed=performed,
+        ))
+
+    def _observation(self, resource: dict) -> None:
+        lab_id = next((self.knowledge.lab_by_loinc[c] for s, c, _d in codings(resource.get("code"))
+                       if s == "http://loinc.org" and c in self.knowledge.lab_by_loinc), None)
+        if lab_id is None or resource.get("status") not in RESULT_STATUSES:
+            return
+        observation = self._validated(resource)
+        if observation is None:
+            return
+        loinc = next(c for s, c, _d in _coded(observation.code)
+                     if s == "http://loinc.org" and c in self.knowledge.lab_by_loinc)
+        effective = (as_utc(observation.effectiveDateTime)
+                     or period_end(observation.effectivePeriod)
+                     or as_utc(observation.effectiveInstant) or as_utc(observation.issued))
+        reference = self._ref(observation)
+        if effective is None:
+            self._skip(resource, f"{lab_id} result without a date")
+            return
+        lab = self.knowledge.labs[lab_id]
+        quantity = observation.valueQuantity
+        if quantity is None or quantity.value is None:
+            self.record.labs.append(LabResult(
+                reference, lab_id, loinc, None, None, "", "", effective, observation.status,
+                unreadable_because="no numeric value"))
+            self.record.unreadable.append(
+                Unreadable("Observation", f"{lab.label}: no numeric value", reference))
+            return
+        unit = self._unit(quantity)
+        factor = lab.units.get(unit)
+        reported = f"{quantity.value.normalize():f}" if hasattr(quantity.value, "normalize") \
+            else str(quantity.value)
+        if factor is None:
+            self.record.labs.append(LabResult(
+                reference, lab_id, loinc, None, quantity.comparator, reported, unit or "",
+                effective, observation.status, unreadable_because="unit not recognised"))
+            self.record.unreadable.append(Unreadable(
+                "Observation", f"{lab.label}: unit not recognised", reference))
+            return
+        high = None
+        for reference_range in observation.referenceRange or ():
+            if reference_range.high is not None and reference_range.high.value is not None:
+                high_factor = lab.units.get(self._unit(reference_range.high) or unit)
+                if high_factor is not None:
+                    high = float(reference_range.high.value) * high_factor
+                break
+        self.record.labs.append(LabResult(
+            reference, lab_id, loinc, float(quantity.value) * factor, quantity.comparator,
+            reported, unit, effective, observation.status, reference_high=high))
+
+    def _unit(self, quantity) -> str:
+        unit = quantity.code if quantity.code and quantity.system == UCUM else quantity.unit
+        return self.knowledge.canonical_unit(unit or quantity.code or "")
+
+    def _medicine_of(self, holder, raw: dict) -> tuple[tuple, str, str] | None:
+        """(codings, name, form text) of the medicine a request or statement is about."""
+        if holder.medicationCodeableConcept is not None:
+            concept = holder.medicationCodeableConcept
+            return _coded(concept), _text(concept), ""
+        reference = holder.medicationReference
+        if reference is None:
+            return None
+        ref = reference.reference or ""
+        medication = None
+        if ref.startswith("#"):
+            medication = next((c for c in raw.get("contained") or ()
+                               if isinstance(c, dict) and c.get("id") == ref[1:]), None)
+        elif ref:
+            # "Medication/x", or an absolute URL ending in it (a Bundle entry's fullUrl)
+            medication = self.medications_by_ref.get(
+                "Medication/" + ref.split("/_history/")[0].rsplit("Medication/", 1)[-1])
+        if medication is None:
+            if reference.display:
+                return (), reference.display, ""
+            self._skip(raw, "medication reference not included")
+            return None
+        try:
+            model = validate(medication)
+        except UnreadableResource as exc:
+            self._skip(raw, f"referenced {exc}")
+            return None
+        form = _text(model.form) if model.form is not None else ""
+        return _coded(model.code), _text(model.code) or reference.display or "", form
+
+    def _dose_route_text(self, dosages) -> str:
+        parts = []
+        for dosage in dosages or ():
+            if dosage.route is not None:
+                parts.append(_text(dosage.route))
+            if dosage.text:
+                parts.append(dosage.text)
+        return " ".join(parts)
+
+    def _add_medicine(self, model, raw: dict, *, status: str, is_draft: bool, date, ends) -> None:
+        medicine = self._medicine_of(model, raw)
+        if medicine is None:
+            return
+        found_codings, name, form = medicine
+        dosages = getattr(model, "dosageInstruction", None) or getattr(model, "dosage", None)
+        match = self.knowledge.classify_medicine(
+            found_codings, name, f"{form} {self._dose_route_text(dosages)}")
+        if match is None:
+            return
+        self.record.medications.append(Medication(
+            reference=self._ref(model), name=name or match.ingredient,
+            ingredient=match.ingredient, medicine_class=match.medicine_class,
+            matched_by=match.matched_by, status=status, is_draft=is_draft, date=date, ends=ends,
+            excluded_because=match.excluded_because,
+        ))
+
+    def _medication_request(self, resource: dict, draft: bool = False) -> None:
+        allowed = DRAFT_ORDER_STATUSES if draft else CURRENT_REQUEST_STATUSES
+        if resource.get("status") not in allowed:
+            return
+        request = self._validated(resource)
+        if request is None:
+            return
+        validity = request.dispenseRequest.validityPeriod if request.dispenseRequest else None
+        self._add_medicine(
+            request, resource, status=request.status, is_draft=draft,
+            date=as_utc(request.authoredOn), ends=as_utc(validity.end) if validity else None)
+
+    def _medication_statement(self, resource: dict) -> None:
+        if resource.get("status") not in CURRENT_STATEMENT_STATUSES:
+            return
+        statement = self._validated(resource)
+        if statement is None:
+            return
+        period = statement.effectivePeriod
+        self._add_medicine(
+            statement, resource, status=statement.status, is_draft=False,
+            date=as_utc(statement.effectiveDateTime) or (as_utc(period.start) if period else None)
+            or as_utc(statement.dateAsserted),
+            ends=as_utc(period.end) if period else None)
+
+
+def build_record(knowledge: Knowledge, patient_id: str, resources: Iterable[dict],
+                 draft_orders: Iterable[dict] = (), known_empty: tuple[str, ...] = ()
+                 ) -> PatientRecord:
+    """Normalise the patient's FHIR resources (and the hook's draft orders) into a record."""
+    resources = list(resources)
+    draft_orders = list(draft_orders)
+    builder = RecordBuilder(knowledge, patient_id)
+    builder.add_medication_index(r for r in resources + draft_orders if isinstance(r, dict))
+    for resource in resources:
+        builder.add(resource)
+    for order in draft_orders:
+        if isinstance(order, dict) and order.get("resourceType") == "MedicationRequest":
+            builder.add(order, draft=True)
+    builder.record.known_empty = known_empty
+    return builder.record

@@ -1,0 +1,90 @@
+"""The patient record the assessment reads: a small, typed digest of the FHIR data.
+
+Only what the clinical rules need is kept, already normalised: medicines with their class and
+ingredient, laboratory results in canonical units, coded conditions and procedures. Whatever could
+not be read is listed in `unreadable` so that cards can say so instead of guessing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+Coding = tuple[str, str, str]  # (system, code, display)
+
+
+@dataclass(frozen=True, slots=True)
+class Medication:
+    """A medicine order or statement that matched a risk class (or was excluded from one)."""
+
+    reference: str  # "MedicationRequest/abc"
+    name: str  # as the EHR shows it
+    ingredient: str
+    medicine_class: str
+    matched_by: str
+    status: str
+    is_draft: bool
+    date: datetime | None  # authoredOn / effective / asserted
+    ends: datetime | None = None  # validity or effective period end, when given
+    excluded_because: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LabResult:
+    reference: str
+    lab: str  # "pth", "phosphate", ...
+    loinc: str
+    value: float | None  # in the lab's canonical unit; None when unreadable
+    comparator: str | None
+    reported_value: str  # as sent, for the card ("170")
+    reported_unit: str  # as sent ("pmol/L")
+    effective: datetime
+    status: str
+    reference_high: float | None = None  # in canonical unit
+    unreadable_because: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConditionEntry:
+    reference: str
+    concepts: tuple[str, ...]  # knowledge concept ids it matches
+    matched: tuple[str, ...]  # the code or phrase per concept
+    name: str
+    clinical_status: str | None
+    verification_status: str | None
+    onset: datetime | None
+    abated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ProcedureEntry:
+    reference: str
+    concept: str  # "dialysis"
+    code: str
+    name: str
+    status: str
+    performed: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A resource or value the service skipped, and why (no values, no identifiers)."""
+
+    resource_type: str
+    reason: str
+    reference: str | None = None
+
+
+@dataclass(slots=True)
+class PatientRecord:
+    patient_id: str
+    sex: str | None = None
+    deceased: bool = False
+    birth_date: datetime | None = None
+    medications: list[Medication] = field(default_factory=list)
+    labs: list[LabResult] = field(default_factory=list)
+    conditions: list[ConditionEntry] = field(default_factory=list)
+    procedures: list[ProcedureEntry] = field(default_factory=list)
+    unreadable: list[Unreadable] = field(default_factory=list)
+    # Keys whose data the client said is known-empty (prefetch `null`).
+    known_empty: tuple[str, ...] = ()
