@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -14,6 +16,17 @@ DEFAULT_PORT = 8080
 
 class ConfigError(ValueError):
     """The configuration file is unreadable or inconsistent."""
+
+
+@dataclass(frozen=True)
+class TrustedClient:
+    """An EHR allowed to call the service (issuer of its JWTs) and the FHIR servers it may send."""
+
+    iss: str
+    jwks: dict | None = None  # inline JWK Set (from `jwks` or `jwks_file`)
+    jku: str | None = None  # the only URL its keys may be fetched from
+    tenant: str | None = None
+    fhir_servers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -30,6 +43,20 @@ class Settings:
     log_hash_key: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     development: bool = True
     source: Path | None = None
+    clients: tuple[TrustedClient, ...] = ()
+    # `aud` of client JWTs is checked against this base instead of the URL seen (behind a proxy).
+    public_base_url: str | None = None
+    # Whole hook call budget when data must be fetched from the FHIR server (cds-hooks P10).
+    fhir_deadline_seconds: float = 1.5
+
+    def fhir_server_allowed(self, url: str, iss: str | None) -> bool:
+        """Only configured FHIR servers are contacted; in development, loopback ones only."""
+        base = url.rstrip("/")
+        if self.development:
+            host = urlsplit(base).hostname or ""
+            return host in ("127.0.0.1", "localhost", "::1")
+        return any(base == allowed.rstrip("/") for client in self.clients
+                   if iss is None or client.iss == iss for allowed in client.fhir_servers)
 
 
 def load_settings(path: str | Path | None = None) -> Settings:
@@ -49,6 +76,23 @@ def load_settings(path: str | Path | None = None) -> Settings:
     def relative(value):
         return (base / value).resolve() if value else None
 
+    clients = []
+    for index, entry in enumerate(spec.get("clients", [])):
+        if not isinstance(entry, dict) or not isinstance(entry.get("iss"), str):
+            raise ConfigError(f"clients[{index}] needs an iss")
+        jwks = entry.get("jwks")
+        try:
+            if isinstance(jwks, str):
+                jwks = json.loads(jwks)
+            if entry.get("jwks_file"):
+                jwks = json.loads((base / entry["jwks_file"]).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"clients[{index}] keys cannot be read: {exc}") from exc
+        if jwks is None and not entry.get("jku"):
+            raise ConfigError(f"clients[{index}] needs jwks, jwks_file or jku")
+        clients.append(TrustedClient(
+            iss=entry["iss"], jwks=jwks, jku=entry.get("jku"), tenant=entry.get("tenant"),
+            fhir_servers=tuple(entry.get("fhir_servers", ()))))
     try:
         return Settings(
             host=str(server.get("host", DEFAULT_HOST)),
@@ -60,6 +104,9 @@ def load_settings(path: str | Path | None = None) -> Settings:
             knowledge_dir=relative(spec.get("knowledge_dir")),
             development=False,
             source=path,
+            clients=tuple(clients),
+            public_base_url=spec.get("public_base_url"),
+            fhir_deadline_seconds=float(spec.get("fhir_deadline_seconds", 1.5)),
             **extra,
         )
     except (TypeError, ValueError) as exc:

@@ -1,0 +1,54 @@
+"""Shared test fixtures: the app on a fixed clock, the knowledge, the fixture manifest."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from cds_service.app import create_app
+from cds_service.cards import CardTemplates, CardWriter
+from cds_service.config import Settings
+from cds_service.hooks import HookEngine
+from cds_service.knowledge import load_knowledge
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures"
+sys.path.insert(0, str(FIXTURES))  # for synthea_request
+
+MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
+ANCHOR = datetime.fromisoformat(MANIFEST["anchor"].replace("Z", "+00:00")).astimezone(UTC)
+
+
+def load_request(case: dict) -> dict:
+    """The CDS Hooks request of a manifest case (the Synthea chart is built at run time)."""
+    if case["request"].startswith("synthea:"):
+        from synthea_request import synthea_request
+
+        return synthea_request(case["request"].split(":", 1)[1])
+    return json.loads((FIXTURES / case["request"]).read_text())
+
+
+@pytest.fixture(scope="session")
+def knowledge():
+    return load_knowledge()
+
+
+@pytest.fixture(scope="session")
+def engine(knowledge):
+    return HookEngine(knowledge, CardWriter(knowledge, CardTemplates.load()))
+
+
+@pytest.fixture(scope="session")
+def app():
+    application = create_app(Settings(max_body_bytes=4 * 1024 * 1024), clock=lambda: ANCHOR)
+    application.config["TESTING"] = True
+    return application
+
+
+@pytest.fixture()
+def client(app):
+    return app.test_client()

@@ -1,0 +1,316 @@
+"""Unit tests of the clinical rules (docs/clinical.md) on hand-built records and a fixed now."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from cds_service.assessment import assess
+from cds_service.record import (
+    ConditionEntry,
+    LabResult,
+    Medication,
+    PatientRecord,
+    ProcedureEntry,
+)
+
+NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
+
+
+def days_ago(n: float) -> datetime:
+    return NOW - timedelta(days=n)
+
+
+def condition(concept: str, code: str = "X", status: str | None = "active",
+              abated: bool = False) -> ConditionEntry:
+    return ConditionEntry(f"Condition/{concept}", (concept,), (code,), concept, status,
+                          "confirmed", days_ago(1000), abated)
+
+
+def dialysis(on: datetime) -> ProcedureEntry:
+    return ProcedureEntry("Procedure/hd", "dialysis", "302497006", "Hemodialysis", "completed", on)
+
+
+def medication(cls: str, ingredient: str, *, draft: bool = False, ends: datetime | None = None,
+               excluded: str | None = None, ref: str = "MedicationRequest/m1") -> Medication:
+    return Medication(ref, ingredient, ingredient, cls, "name", "draft" if draft else "active",
+                      draft, days_ago(30), ends, excluded)
+
+
+def lab(kind: str, value: float | None, when: datetime, *, high: float | None = None,
+        unit: str = "pg/mL", comparator: str | None = None) -> LabResult:
+    return LabResult(f"Observation/{kind}-{when.date()}", kind, "2731-8", value, comparator,
+                     str(value), unit, when, "final", reference_high=high,
+                     unreadable_because=None if value is not None else "unit not recognised")
+
+
+def on_dialysis(**kwargs) -> PatientRecord:
+    record = PatientRecord(patient_id="p1", sex="male")
+    record.conditions.append(condition("esrd_on_dialysis", "N18.6"))
+    record.procedures.append(dialysis(days_ago(3)))
+    for key, value in kwargs.items():
+        getattr(record, key).extend(value)
+    return record
+
+
+def factor_ids(assessment) -> set[str]:
+    return {f.factor.id for f in assessment.findings}
+
+
+# --- scope ------------------------------------------------------------------------------------
+
+def test_active_esrd_diagnosis_alone_puts_patient_in_scope(knowledge):
+    record = PatientRecord("p1", conditions=[condition("esrd_on_dialysis", "N18.6")])
+    assert assess(record, knowledge, NOW).in_scope
+
+
+def test_dialysis_within_90_days_puts_patient_in_scope_without_diagnosis(knowledge):
+    record = PatientRecord("p1", procedures=[dialysis(days_ago(89))])
+    assert assess(record, knowledge, NOW).in_scope
+
+
+def test_dialysis_91_days_ago_without_diagnosis_is_out_of_scope(knowledge):
+    record = PatientRecord("p1", procedures=[dialysis(days_ago(91))])
+    assert not assess(record, knowledge, NOW).in_scope
+
+
+def test_resolved_esrd_is_not_in_scope(knowledge):
+    record = PatientRecord("p1", conditions=[condition("esrd_on_dialysis", status="resolved")])
+    assert not assess(record, knowledge, NOW).in_scope
+
+
+def test_esrd_without_clinical_status_counts_unless_abated(knowledge):
+    assert assess(PatientRecord("p1", conditions=[condition("esrd_on_dialysis", status=None)]),
+                  knowledge, NOW).in_scope
+    assert not assess(PatientRecord("p1", conditions=[
+        condition("esrd_on_dialysis", status=None, abated=True)]), knowledge, NOW).in_scope
+
+
+def test_transplant_without_recent_dialysis_is_out_of_scope(knowledge):
+    record = PatientRecord("p1", conditions=[condition("esrd_on_dialysis"),
+                                             condition("kidney_transplant", "Z94.0")],
+                           procedures=[dialysis(days_ago(400))])
+    result = assess(record, knowledge, NOW)
+    assert not result.in_scope and "transplant" in result.scope_reason
+
+
+def test_failed_transplant_back_on_dialysis_is_in_scope(knowledge):
+    record = PatientRecord("p1", conditions=[condition("kidney_transplant", "Z94.0")],
+                           procedures=[dialysis(days_ago(2))])
+    assert assess(record, knowledge, NOW).in_scope
+
+
+def test_untreated_esrd_is_out_of_scope(knowledge):
+    record = PatientRecord("p1", conditions=[condition("esrd_untreated", "236434000"),
+                                             condition("esrd_on_dialysis", "46177005")])
+    assert not assess(record, knowledge, NOW).in_scope
+
+
+def test_deceased_patient_is_out_of_scope_even_on_dialysis(knowledge):
+    record = on_dialysis(medications=[medication("vitamin_k_antagonist", "warfarin")])
+    record.deceased = True
+    result = assess(record, knowledge, NOW)
+    assert not result.in_scope and result.findings == []
+
+
+def test_future_dated_dialysis_does_not_count(knowledge):
+    record = PatientRecord("p1", procedures=[dialysis(NOW + timedelta(days=2))])
+    assert not assess(record, knowledge, NOW).in_scope
+
+
+# --- medicines --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cls,factor", [
+    ("vitamin_k_antagonist", "vitamin_k_antagonist"),
+    ("calcium_binder", "calcium_binder"),
+    ("active_vitamin_d", "active_vitamin_d"),
+    ("systemic_corticosteroid", "systemic_corticosteroid"),
+    ("calcineurin_inhibitor", "calcineurin_inhibitor"),
+])
+def test_each_current_culprit_drug_is_a_firing_factor(knowledge, cls, factor):
+    result = assess(on_dialysis(medications=[medication(cls, "drug")]), knowledge, NOW)
+    assert [f.factor.id for f in result.firing] == [factor]
+    assert result.on_culprit_drug
+
+
+def test_order_whose_validity_ended_is_not_current(knowledge):
+    record = on_dialysis(medications=[medication("vitamin_k_antagonist", "warfarin",
+                                                 ends=days_ago(1))])
+    assert assess(record, knowledge, NOW).firing == []
+
+
+def test_excluded_product_is_not_a_factor_but_is_listed_as_not_counted(knowledge):
+    record = on_dialysis(medications=[medication("systemic_corticosteroid", "hydrocortisone",
+                                                 excluded="non-systemic form (cream)")])
+    result = assess(record, knowledge, NOW)
+    assert result.firing == [] and len(result.not_counted) == 1
+
+
+def test_draft_order_is_judged_as_an_order_not_as_a_current_drug(knowledge):
+    record = on_dialysis(medications=[medication("calcium_binder", "calcium acetate",
+                                                 draft=True)])
+    result = assess(record, knowledge, NOW)
+    assert result.firing == []
+    assert [d.order.ingredient for d in result.draft_findings] == ["calcium acetate"]
+    assert {s.id for s in result.draft_findings[0].substitutes} == {
+        "sevelamer_carbonate", "lanthanum_carbonate"}
+
+
+def test_order_select_judges_only_the_selected_drafts(knowledge):
+    record = on_dialysis(medications=[
+        medication("calcium_binder", "calcium acetate", draft=True, ref="MedicationRequest/a"),
+        medication("vitamin_k_antagonist", "warfarin", draft=True, ref="MedicationRequest/b"),
+    ])
+    result = assess(record, knowledge, NOW, selections=frozenset({"MedicationRequest/b"}))
+    assert [d.order.ingredient for d in result.draft_findings] == ["warfarin"]
+    assert [m.ingredient for m in result.draft_findings[0].other_drafts] == ["calcium acetate"]
+
+
+def test_calcimimetic_is_suggested_for_vitamin_d_only_when_pth_is_high(knowledge):
+    vdra = medication("active_vitamin_d", "calcitriol", draft=True)
+    low = assess(on_dialysis(medications=[vdra], labs=[lab("pth", 300, days_ago(10))]),
+                 knowledge, NOW)
+    high = assess(on_dialysis(medications=[vdra], labs=[lab("pth", 900, days_ago(10))]),
+                  knowledge, NOW)
+    assert low.draft_findings[0].substitutes == ()
+    assert [s.id for s in high.draft_findings[0].substitutes] == ["cinacalcet"]
+
+
+def test_warfarin_draft_has_no_automatic_substitute(knowledge):
+    result = assess(on_dialysis(medications=[medication("vitamin_k_antagonist", "warfarin",
+                                                        draft=True)]), knowledge, NOW)
+    assert result.draft_findings[0].substitutes == ()
+
+
+# --- labs: thresholds, windows, latest value --------------------------------------------------
+
+@pytest.mark.parametrize("value,fires", [(585.0, False), (585.1, True), (1514.0, True)])
+def test_pth_fires_above_nine_times_the_default_upper_limit(knowledge, value, fires):
+    result = assess(on_dialysis(labs=[lab("pth", value, days_ago(10))]), knowledge, NOW)
+    assert ("high_pth" in factor_ids(result)) is fires
+
+
+def test_pth_threshold_uses_the_assay_upper_limit_when_given(knowledge):
+    at_88 = [lab("pth", 700, days_ago(10), high=88)]  # threshold 792
+    at_65 = [lab("pth", 800, days_ago(10), high=88)]
+    assert "high_pth" not in factor_ids(assess(on_dialysis(labs=at_88), knowledge, NOW))
+    finding = assess(on_dialysis(labs=at_65), knowledge, NOW).findings[0]
+    assert finding.evidence[0].threshold == pytest.approx(792)
+    assert finding.evidence[0].uln_from_assay
+
+
+@pytest.mark.parametrize("age,fires", [(179, True), (181, False)])
+def test_pth_counts_within_180_days_only(knowledge, age, fires):
+    result = assess(on_dialysis(labs=[lab("pth", 1514, days_ago(age))]), knowledge, NOW)
+    assert ("high_pth" in factor_ids(result)) is fires
+
+
+def test_stale_pth_means_pth_overdue(knowledge):
+    result = assess(on_dialysis(labs=[lab("pth", 1514, days_ago(300))]), knowledge, NOW)
+    assert result.pth_overdue and result.firing == []
+
+
+def test_superseded_abnormal_pth_does_not_fire(knowledge):
+    labs = [lab("pth", 1514, days_ago(150)), lab("pth", 300, days_ago(30))]
+    result = assess(on_dialysis(labs=labs), knowledge, NOW)
+    assert "high_pth" not in factor_ids(result) and not result.pth_overdue
+
+
+def test_unreadable_newer_result_is_reported_and_older_valid_one_used(knowledge):
+    labs = [lab("pth", 1514, days_ago(40)), lab("pth", None, days_ago(5), unit="foo")]
+    result = assess(on_dialysis(labs=labs), knowledge, NOW)
+    assert "high_pth" in factor_ids(result)
+    assert [n.lab for n in result.lab_notes] == ["pth"]
+
+
+def test_only_unreadable_pth_fires_nothing_and_counts_as_not_measured(knowledge):
+    result = assess(on_dialysis(labs=[lab("pth", None, days_ago(5), unit="foo")]), knowledge,
+                    NOW)
+    assert result.firing == [] and result.pth_overdue and len(result.lab_notes) == 1
+
+
+def test_result_dated_in_the_future_is_ignored(knowledge):
+    result = assess(on_dialysis(labs=[lab("pth", 1514, NOW + timedelta(days=3))]), knowledge,
+                    NOW)
+    assert result.firing == []
+
+
+@pytest.mark.parametrize("kind,value,factor,fires", [
+    ("phosphate", 5.5, "hyperphosphatemia", False),
+    ("phosphate", 5.51, "hyperphosphatemia", True),
+    ("calcium", 10.2, "hypercalcemia", False),
+    ("calcium", 10.21, "hypercalcemia", True),
+    ("albumin", 3.5, "low_albumin", False),
+    ("albumin", 3.49, "low_albumin", True),
+    ("bmi", 29.9, "obesity", False),
+    ("bmi", 30.0, "obesity", True),
+])
+def test_lab_thresholds_at_their_boundaries(knowledge, kind, value, factor, fires):
+    result = assess(on_dialysis(labs=[lab(kind, value, days_ago(10))]), knowledge, NOW)
+    assert (factor in factor_ids(result)) is fires
+
+
+@pytest.mark.parametrize("kind,window", [("phosphate", 90), ("calcium", 90), ("albumin", 90),
+                                         ("bmi", 365)])
+def test_lab_windows(knowledge, kind, window):
+    abnormal = {"phosphate": 7.0, "calcium": 11.0, "albumin": 2.5, "bmi": 35}[kind]
+    inside = assess(on_dialysis(labs=[lab(kind, abnormal, days_ago(window - 1))]), knowledge, NOW)
+    outside = assess(on_dialysis(labs=[lab(kind, abnormal, days_ago(window + 1))]), knowledge,
+                     NOW)
+    assert inside.findings and not outside.findings
+
+
+def test_comparator_below_cannot_exceed_a_threshold(knowledge):
+    result = assess(on_dialysis(labs=[lab("pth", 2000, days_ago(5), comparator="<")]),
+                    knowledge, NOW)
+    assert "high_pth" not in factor_ids(result)
+
+
+def test_comparator_above_a_high_value_fires(knowledge):
+    result = assess(on_dialysis(labs=[lab("pth", 2500, days_ago(5), comparator=">")]),
+                    knowledge, NOW)
+    assert "high_pth" in factor_ids(result)
+
+
+# --- context factors and severity -------------------------------------------------------------
+
+def test_context_factors_do_not_fire_on_their_own(knowledge):
+    record = on_dialysis(conditions=[condition("diabetes", "E11.9"),
+                                     condition("obesity", "E66.01"),
+                                     condition("hypercoagulable", "D68.59"),
+                                     condition("primary_hyperparathyroidism", "E21.0")],
+                         labs=[lab("albumin", 2.9, days_ago(5)), lab("pth", 300, days_ago(5))])
+    record.sex = "female"
+    result = assess(record, knowledge, NOW)
+    assert result.firing == []
+    assert {f.factor.id for f in result.context} == {
+        "diabetes", "obesity", "hypercoagulable", "primary_hyperparathyroidism", "female_sex",
+        "low_albumin"}
+
+
+def test_factors_are_listed_in_knowledge_order(knowledge):
+    record = on_dialysis(medications=[medication("calcineurin_inhibitor", "tacrolimus"),
+                                      medication("vitamin_k_antagonist", "warfarin")],
+                         labs=[lab("pth", 1514, days_ago(5))])
+    ids = [f.factor.id for f in assess(record, knowledge, NOW).firing]
+    assert ids == ["vitamin_k_antagonist", "high_pth", "calcineurin_inhibitor"]
+
+
+def test_known_calciphylaxis_is_reported_for_severity(knowledge):
+    record = on_dialysis(conditions=[condition("calciphylaxis", "237900002")],
+                         medications=[medication("vitamin_k_antagonist", "warfarin")])
+    result = assess(record, knowledge, NOW)
+    assert result.known_calciphylaxis is not None and result.on_culprit_drug
+
+
+def test_resolved_calciphylaxis_is_not_current(knowledge):
+    record = on_dialysis(conditions=[condition("calciphylaxis", status="resolved")])
+    assert assess(record, knowledge, NOW).known_calciphylaxis is None
+
+
+def test_assessment_reads_no_clock(knowledge):
+    record = PatientRecord("p1", procedures=[dialysis(datetime(2020, 1, 20, tzinfo=UTC))],
+                           labs=[lab("pth", 1514, datetime(2020, 1, 1, tzinfo=UTC))])
+    assert "high_pth" in factor_ids(assess(record, knowledge, datetime(2020, 2, 1, tzinfo=UTC)))
+    assert not assess(record, knowledge, NOW).in_scope
