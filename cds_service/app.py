@@ -8,13 +8,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import orjson
-from flask import Flask, Response, request
+from flask import Flask, Response, g, request
 from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
 
 from .cards import CardTemplates, CardWriter
 from .config import Settings
 from .errors import BadRequest, ServiceError, UnknownService, UnsupportedMediaType
+from .fhir_client import FetchStats, FhirFetcher
 from .hooks import HookEngine
 from .knowledge import load_knowledge
 from .privacy import pseudonym
@@ -56,7 +57,8 @@ def create_app(settings: Settings | None = None, *,
     app.config["SETTINGS"] = settings
     knowledge = load_knowledge(settings.knowledge_dir)
     writer = CardWriter(knowledge, CardTemplates.load(settings.cards_dir))
-    engine = HookEngine(knowledge, writer)
+    engine = HookEngine(knowledge, writer, FhirFetcher(settings, knowledge),
+                        settings.fhir_deadline_seconds)
     app.extensions["hook_engine"] = engine
     CORS(app, origins=list(settings.cors_origins), methods=["GET", "POST", "OPTIONS"],
          allow_headers=["Authorization", "Content-Type"], max_age=600)
@@ -76,7 +78,9 @@ def create_app(settings: Settings | None = None, *,
         if isinstance(body, dict) and isinstance(body.get("context"), dict):
             patient_tag = pseudonym(str(body["context"].get("patientId")), settings.log_hash_key)
         try:
-            response = engine.call(service, body, clock())
+            stats = FetchStats()
+            response = engine.call(service, body, clock(), client_iss=g.get("client_iss"),
+                                   stats=stats)
         except ServiceError as exc:
             log.info("hook %s patient=%s status=%d reason=%s", service_id, patient_tag,
                      exc.status, type(exc).__name__)
@@ -86,9 +90,13 @@ def create_app(settings: Settings | None = None, *,
             log.exception("hook %s patient=%s failed; answering with no cards", service_id,
                           patient_tag)
             return _json({"cards": []})
-        log.info("hook %s patient=%s status=200 cards=%d ms=%.1f", service_id, patient_tag,
-                 len(response["cards"]), (time.perf_counter() - started) * 1000)
-        return _json(response)
+        log.info("hook %s patient=%s status=200 cards=%d fhir_requests=%d ms=%.1f", service_id,
+                 patient_tag, len(response["cards"]), stats.requests,
+                 (time.perf_counter() - started) * 1000)
+        answer = _json(response)
+        # How many FHIR requests the call needed (0 with complete prefetch), for operators.
+        answer.headers["Server-Timing"] = f'fhir;desc="{stats.requests} requests"'
+        return answer
 
     @app.errorhandler(ServiceError)
     def service_error(exc: ServiceError):

@@ -12,6 +12,10 @@ from urllib.parse import urlsplit
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
+# Client JWT algorithms: CDS Hooks names ES384 and RS384; the 256 variants only when a client's
+# config lists them. Symmetric (HS*) and `none` can never be configured.
+DEFAULT_ALGORITHMS = ("ES384", "RS384")
+SUPPORTED_ALGORITHMS = frozenset({"ES384", "RS384", "ES256", "RS256"})
 
 
 class ConfigError(ValueError):
@@ -27,6 +31,7 @@ class TrustedClient:
     jku: str | None = None  # the only URL its keys may be fetched from
     tenant: str | None = None
     fhir_servers: tuple[str, ...] = ()
+    algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,12 @@ class Settings:
     public_base_url: str | None = None
     # Whole hook call budget when data must be fetched from the FHIR server (cds-hooks P10).
     fhir_deadline_seconds: float = 1.5
+    # Clock skew tolerated on client JWTs' exp, iat and nbf.
+    jwt_leeway_seconds: float = 30.0
+    # Writable folder for per-host state (the JWT replay cache), shared by the workers.
+    instance_dir: Path = Path("instance")
+    # A fetched JWK Set is refetched on an unknown kid at most this often.
+    jwks_refetch_cooldown_seconds: float = 60.0
 
     def fhir_server_allowed(self, url: str, iss: str | None) -> bool:
         """Only configured FHIR servers are contacted; in development, loopback ones only."""
@@ -90,9 +101,11 @@ def load_settings(path: str | Path | None = None) -> Settings:
             raise ConfigError(f"clients[{index}] keys cannot be read: {exc}") from exc
         if jwks is None and not entry.get("jku"):
             raise ConfigError(f"clients[{index}] needs jwks, jwks_file or jku")
+        _check_client(index, entry, clients)
         clients.append(TrustedClient(
             iss=entry["iss"], jwks=jwks, jku=entry.get("jku"), tenant=entry.get("tenant"),
-            fhir_servers=tuple(entry.get("fhir_servers", ()))))
+            fhir_servers=tuple(entry.get("fhir_servers", ())),
+            algorithms=tuple(entry.get("algorithms", DEFAULT_ALGORITHMS))))
     try:
         return Settings(
             host=str(server.get("host", DEFAULT_HOST)),
@@ -107,7 +120,30 @@ def load_settings(path: str | Path | None = None) -> Settings:
             clients=tuple(clients),
             public_base_url=spec.get("public_base_url"),
             fhir_deadline_seconds=float(spec.get("fhir_deadline_seconds", 1.5)),
+            jwt_leeway_seconds=float(spec.get("jwt_leeway_seconds", 30.0)),
+            instance_dir=relative(spec.get("instance_dir")) or Settings.instance_dir,
+            jwks_refetch_cooldown_seconds=float(spec.get("jwks_refetch_cooldown_seconds", 60.0)),
             **extra,
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid value in {path}: {exc}") from exc
+
+
+def _check_client(index: int, entry: dict, earlier: list[TrustedClient]) -> None:
+    """Refuse settings that would weaken client authentication rather than run with them."""
+    if any(client.iss == entry["iss"] for client in earlier):
+        raise ConfigError(f"clients[{index}] repeats iss {entry['iss']}")
+    algorithms = entry.get("algorithms", DEFAULT_ALGORITHMS)
+    if (not isinstance(algorithms, list | tuple) or not algorithms
+            or not all(isinstance(a, str) and a in SUPPORTED_ALGORITHMS for a in algorithms)):
+        raise ConfigError(f"clients[{index}] algorithms must be a non-empty list drawn from "
+                          + ", ".join(sorted(SUPPORTED_ALGORITHMS)))
+    jku = entry.get("jku")
+    if jku is not None:
+        parts = urlsplit(jku) if isinstance(jku, str) else None
+        loopback = parts is not None and parts.hostname in ("127.0.0.1", "localhost", "::1")
+        # Keys fetched over plain HTTP could be swapped in transit; loopback is for tests.
+        if parts is None or not (parts.scheme == "https" or (parts.scheme == "http" and loopback)):
+            raise ConfigError(f"clients[{index}] jku must be an https URL")
+    if entry.get("tenant") is not None and not isinstance(entry["tenant"], str):
+        raise ConfigError(f"clients[{index}] tenant must be a string")

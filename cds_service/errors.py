@@ -6,6 +6,7 @@ from __future__ import annotations
 class ServiceError(Exception):
     status = 500
     code = "exception"  # FHIR OperationOutcome issue type
+    headers: tuple[tuple[str, str], ...] = ()  # extra response headers
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -17,6 +18,17 @@ class BadRequest(ServiceError):
 
     status = 400
     code = "invalid"
+
+
+class AuthenticationRequired(ServiceError):
+    """No valid client JWT (401). Same message whatever the reason, so probing learns nothing."""
+
+    status = 401
+    code = "login"
+    headers = (("WWW-Authenticate", 'Bearer realm="cds-services"'),)
+
+    def __init__(self, message: str = "authentication required"):
+        super().__init__(message)
 
 
 class UnknownService(ServiceError):

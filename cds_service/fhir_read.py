@@ -149,3 +149,22 @@ def bundle_resources(value: Any) -> list[dict]:
         if isinstance(entry, dict) and isinstance(entry.get("resource"), dict):
             found.append(entry["resource"])
     return found
+
+
+def unresolved_medications(resources: list[dict]) -> list[str]:
+    """`Medication/x` references of medicine orders whose Medication is not at hand."""
+    present = {f"Medication/{r.get('id')}" for r in resources
+               if isinstance(r, dict) and r.get("resourceType") == "Medication"}
+    wanted = []
+    for resource in resources:
+        if not isinstance(resource, dict) or resource.get("resourceType") not in (
+                "MedicationRequest", "MedicationStatement"):
+            continue
+        reference = resource.get("medicationReference")
+        ref = reference.get("reference") if isinstance(reference, dict) else None
+        if not isinstance(ref, str) or ref.startswith("#"):
+            continue
+        ref = "Medication/" + ref.split("/_history/")[0].rsplit("Medication/", 1)[-1]
+        if ref not in present and ref not in wanted and "/" not in ref[len("Medication/"):]:
+            wanted.append(ref)
+    return wanted

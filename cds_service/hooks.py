@@ -1,15 +1,19 @@
 """One hook call, end to end: request -> patient data -> record -> assessment -> cards.
 
-The same path serves the HTTP API and `cds-service evaluate`; it reads no clock and no global.
+The same path serves the HTTP API and `cds-service evaluate`; it reads no clock but the
+monotonic one that bounds FHIR fetching, and no global.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from datetime import datetime
 from typing import Any
 
 from .assessment import Assessment, assess
 from .cards import CardWriter
+from .fhir_client import ANSWER_MARGIN_SECONDS, FetchStats
 from .knowledge import Knowledge
 from .patient_record import build_record
 from .prefetch import Fetcher, NoFetcher, gather
@@ -19,18 +23,23 @@ from .services import SERVICES, Service
 
 
 class HookEngine:
-    def __init__(self, knowledge: Knowledge, writer: CardWriter, fetcher: Fetcher | None = None):
+    def __init__(self, knowledge: Knowledge, writer: CardWriter, fetcher: Fetcher | None = None,
+                 deadline_seconds: float = 1.5):
         self.knowledge = knowledge
         self.writer = writer
         self.fetcher = fetcher or NoFetcher()
+        self.deadline_seconds = deadline_seconds
 
-    def record_for(self, request: HookRequest) -> PatientRecord:
-        data = gather(request, self.fetcher)
+    def record_for(self, request: HookRequest, now: datetime,
+                   stats: FetchStats | None = None) -> PatientRecord:
+        deadline = time.monotonic() + self.deadline_seconds - ANSWER_MARGIN_SECONDS
+        data = gather(request, self.fetcher, now, deadline, stats or FetchStats())
         return build_record(self.knowledge, request.patient_id, data.resources,
                             request.draft_orders, tuple(data.known_empty))
 
-    def assess(self, request: HookRequest, now: datetime) -> tuple[PatientRecord, Assessment]:
-        record = self.record_for(request)
+    def assess(self, request: HookRequest, now: datetime,
+               stats: FetchStats | None = None) -> tuple[PatientRecord, Assessment]:
+        record = self.record_for(request, now, stats)
         return record, assess(record, self.knowledge, now, request.selections)
 
     def cards(self, request: HookRequest, assessment: Assessment) -> list[dict]:
@@ -38,10 +47,11 @@ class HookEngine:
             return self.writer.patient_view(assessment)
         return self.writer.order_cards(assessment, request.patient_id)
 
-    def call(self, service: Service, body: Any, now: datetime) -> dict:
+    def call(self, service: Service, body: Any, now: datetime, *, client_iss: str | None = None,
+             stats: FetchStats | None = None) -> dict:
         """The CDS Hooks response for a decoded request body."""
-        request = parse_request(service, body)
-        _record, assessment = self.assess(request, now)
+        request = dataclasses.replace(parse_request(service, body), client_iss=client_iss)
+        _record, assessment = self.assess(request, now, stats)
         return {"cards": self.cards(request, assessment)}
 
 

@@ -326,4 +326,7 @@ def build_record(knowledge: Knowledge, patient_id: str, resources: Iterable[dict
         if isinstance(order, dict) and order.get("resourceType") == "MedicationRequest":
             builder.add(order, draft=True)
     builder.record.known_empty = known_empty
+    # The same data gives the same card, whatever order prefetch or a FHIR search used.
+    builder.record.medications.sort(key=lambda m: (m.is_draft, "" if m.is_draft else m.reference))
+    builder.record.conditions.sort(key=lambda c: c.reference)
     return builder.record

@@ -1,16 +1,19 @@
 """The four prefetch states of each declared key (cds-hooks.md P4-P7).
 
-absent or OperationOutcome -> the data must be fetched (P4, P7); `null` -> known empty (P5);
-a resource or searchset Bundle -> use it (P6). What cannot be had is DataUnavailable (P9, 412).
+absent or OperationOutcome -> fetch it from fhirServer (P4, P7); `null` -> known empty, no query
+(P5); a resource or searchset Bundle -> use it, fetching further pages if it is paged (P6). What
+cannot be had is DataUnavailable (P9, 412). Complete prefetch makes no FHIR call at all (P10).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
 from .errors import DataUnavailable
-from .fhir_read import bundle_resources
+from .fhir_read import bundle_resources, unresolved_medications
 from .protocol import HookRequest
 from .services import PREFETCH
 
@@ -19,37 +22,58 @@ from .services import PREFETCH
 class PatientData:
     resources: list[dict] = field(default_factory=list)
     known_empty: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
+    fetched: list[str] = field(default_factory=list)
 
 
 class Fetcher(Protocol):
-    def fetch(self, request: HookRequest, keys: list[str]) -> dict[str, list[dict]]:
+    def fetch(self, request: HookRequest, keys: list[str], now: datetime, deadline: float,
+              stats) -> dict[str, list[dict]]:
         """Resources for each key, or raise DataUnavailable."""
+
+    def read(self, request: HookRequest, references: list[str], deadline: float,
+             stats) -> list[dict]:
+        """Referenced resources that could be read in time."""
 
 
 class NoFetcher:
     """Prefetch only: anything missing makes the call unanswerable."""
 
-    def fetch(self, request: HookRequest, keys: list[str]) -> dict[str, list[dict]]:
-        raise DataUnavailable(
-            "prefetch is missing " + ", ".join(keys) + " and this service does not query "
-            "the FHIR server; send the prefetch declared by discovery")
+    def fetch(self, request, keys, now, deadline, stats):
+        raise DataUnavailable("prefetch is missing " + ", ".join(keys) + " and this service "
+                              "does not query FHIR servers; send the prefetch from discovery")
+
+    def read(self, request, references, deadline, stats):
+        return []
 
 
-def gather(request: HookRequest, fetcher: Fetcher) -> PatientData:
+def _has_next_page(bundle: dict) -> bool:
+    links = bundle.get("link")
+    return isinstance(links, list) and any(
+        isinstance(link, dict) and link.get("relation") == "next" for link in links)
+
+
+def gather(request: HookRequest, fetcher: Fetcher, now: datetime, deadline: float,
+           stats) -> PatientData:
     data = PatientData()
+    to_fetch = []
     for key in PREFETCH:
-        if key not in request.prefetch:
-            data.missing.append(key)
-            continue
-        value = request.prefetch[key]
-        if value is None:
+        value = request.prefetch.get(key, ...)
+        if value is ...:
+            to_fetch.append(key)
+        elif value is None:
             data.known_empty.append(key)
         elif value.get("resourceType") == "OperationOutcome":
-            data.missing.append(key)
+            to_fetch.append(key)
+        elif value.get("resourceType") == "Bundle" and _has_next_page(value):
+            # A paged prefetch holds only its first page: the fetch reads the whole search.
+            to_fetch.append(key)
         else:
             data.resources += bundle_resources(value)
-    if data.missing:
-        for resources in fetcher.fetch(request, data.missing).values():
+    if to_fetch:
+        for resources in fetcher.fetch(request, to_fetch, now, deadline, stats).values():
             data.resources += resources
+        data.fetched = to_fetch
+    missing = unresolved_medications(data.resources + request.draft_orders)
+    if missing and time.monotonic() < deadline:
+        data.resources += fetcher.read(request, missing, deadline, stats)
     return data

@@ -28,6 +28,7 @@ class HookRequest:
     selections: frozenset[str] | None
     fhir_server: str | None
     access_token: str | None = field(default=None, repr=False)  # never logged
+    client_iss: str | None = None  # the authenticated EHR, for its FHIR server allow-list
 
 
 def _string(container: dict, key: str, where: str, *, required: bool) -> str | None:
