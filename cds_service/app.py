@@ -60,6 +60,8 @@ def create_app(settings: Settings | None = None, *,
     engine = HookEngine(knowledge, writer, FhirFetcher(settings, knowledge),
                         settings.fhir_deadline_seconds)
     app.extensions["hook_engine"] = engine
+    # Callables given each HookResult after a successful call (e.g. the record of shown cards).
+    app.extensions["cards_issued_listeners"] = []
     CORS(app, origins=list(settings.cors_origins), methods=["GET", "POST", "OPTIONS"],
          allow_headers=["Authorization", "Content-Type"], max_age=600)
 
@@ -79,8 +81,9 @@ def create_app(settings: Settings | None = None, *,
             patient_tag = pseudonym(str(body["context"].get("patientId")), settings.log_hash_key)
         try:
             stats = FetchStats()
-            response = engine.call(service, body, clock(), client_iss=g.get("client_iss"),
-                                   stats=stats)
+            result = engine.run(service, body, clock(), client_iss=g.get("client_iss"),
+                                stats=stats)
+            response = result.response
         except ServiceError as exc:
             log.info("hook %s patient=%s status=%d reason=%s", service_id, patient_tag,
                      exc.status, type(exc).__name__)
@@ -90,6 +93,11 @@ def create_app(settings: Settings | None = None, *,
             log.exception("hook %s patient=%s failed; answering with no cards", service_id,
                           patient_tag)
             return _json({"cards": []})
+        for listener in app.extensions["cards_issued_listeners"]:
+            try:  # recording what was shown must never cost the clinician the card
+                listener(result)
+            except Exception:
+                log.exception("a cards-issued listener failed")
         log.info("hook %s patient=%s status=200 cards=%d fhir_requests=%d ms=%.1f", service_id,
                  patient_tag, len(response["cards"]), stats.requests,
                  (time.perf_counter() - started) * 1000)

@@ -51,6 +51,22 @@ def _date(value: datetime | None) -> str:
     return value.date().isoformat() if value else ""
 
 
+@dataclass(frozen=True)
+class IssuedCard:
+    """A card as sent, with the rule ids behind it (for the record of what was shown)."""
+
+    card: dict
+    rules: tuple[str, ...]
+
+    @property
+    def uuid(self) -> str:
+        return self.card["uuid"]
+
+    @property
+    def suggestion_uuids(self) -> tuple[str, ...]:
+        return tuple(s["uuid"] for s in self.card.get("suggestions", ()))
+
+
 class TemplateError(ValueError):
     """cards.toml is missing a template or a template does not compile."""
 
@@ -193,17 +209,18 @@ class CardWriter:
     def _detail(self, body: str) -> str:
         return f"{body.strip()}\n\n{self.footer}"
 
-    def _card(self, summary: str, indicator: str, detail: str, suggestions=None) -> dict:
+    def _card(self, rules, summary: str, indicator: str, detail: str,
+              suggestions=None) -> IssuedCard:
         card = {"uuid": str(uuid.uuid4()), "summary": summary, "indicator": indicator,
                 "detail": detail, "source": self.source, "links": self.links,
                 "overrideReasons": self.override_reasons}
         if suggestions:
             card["suggestions"] = suggestions
             card["selectionBehavior"] = "at-most-one"
-        return card
+        return IssuedCard(card, tuple(rules))
 
     # -- patient-view --------------------------------------------------------------------------
-    def patient_view(self, assessment: Assessment) -> list[dict]:
+    def patient_view(self, assessment: Assessment) -> list[IssuedCard]:
         if not assessment.in_scope:
             return []
         scope = self._scope_line(assessment, self.scope)
@@ -214,6 +231,7 @@ class CardWriter:
                 return []
             days = self.knowledge.pth_interval_days
             return [self._card(
+                ("pth_not_measured",),
                 self._summary(self.pv_summary["info"], [], pth_interval_days=days), "info",
                 self._detail(self.pv_info_detail.render(
                     pth_interval_days=days, scope=scope, unreadable=unreadable)))]
@@ -231,19 +249,21 @@ class CardWriter:
             pth_overdue=assessment.pth_overdue,
             pth_interval_days=self.knowledge.pth_interval_days)
         indicator = "critical" if critical else "warning"
-        return [self._card(self._summary(self.pv_summary[indicator], items), indicator,
+        rules = [f.factor.id for f in firing] + (["known_calciphylaxis"] if critical else [])
+        return [self._card(rules, self._summary(self.pv_summary[indicator], items), indicator,
                            self._detail(detail))]
 
     # -- order-select / order-sign -------------------------------------------------------------
-    def order_cards(self, assessment: Assessment, patient_id: str) -> list[dict]:
+    def order_cards(self, assessment: Assessment, patient_id: str) -> list[IssuedCard]:
         if not assessment.in_scope:
             return []
         return [self._order_card(assessment, draft, patient_id)
                 for draft in assessment.draft_findings]
 
-    def _order_card(self, assessment: Assessment, draft: DraftFinding, patient_id: str) -> dict:
+    def _order_card(self, assessment: Assessment, draft: DraftFinding,
+                    patient_id: str) -> IssuedCard:
         order = draft.order
-        others = [f for f in assessment.firing]
+        others = assessment.firing
         items = list(dict.fromkeys(
             i for f in others for e in f.evidence
             if (i := self._item(e)) and i != order.ingredient))
@@ -260,7 +280,8 @@ class CardWriter:
             unreadable=self._unreadable_lines(assessment))
         summary = self._summary(self.order_summary[indicator], items, drug=order.ingredient)
         suggestions = [self._replacement(order, s, patient_id) for s in draft.substitutes]
-        return self._card(summary, indicator, self._detail(detail),
+        rules = [draft.finding.factor.id] + (["known_calciphylaxis"] if critical else [])
+        return self._card(rules, summary, indicator, self._detail(detail),
                           [s for s in suggestions if s])
 
     def _replacement(self, order, substitute, patient_id: str) -> dict | None:

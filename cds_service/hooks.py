@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from .assessment import Assessment, assess
-from .cards import CardWriter
+from .cards import CardWriter, IssuedCard
 from .fhir_client import ANSWER_MARGIN_SECONDS, FetchStats
 from .knowledge import Knowledge
 from .patient_record import build_record
@@ -20,6 +21,13 @@ from .prefetch import Fetcher, NoFetcher, gather
 from .protocol import HookRequest, parse_request
 from .record import PatientRecord
 from .services import SERVICES, Service
+
+
+@dataclass(frozen=True)
+class HookResult:
+    request: HookRequest
+    response: dict
+    issued: list[IssuedCard]
 
 
 class HookEngine:
@@ -42,17 +50,23 @@ class HookEngine:
         record = self.record_for(request, now, stats)
         return record, assess(record, self.knowledge, now, request.selections)
 
-    def cards(self, request: HookRequest, assessment: Assessment) -> list[dict]:
+    def cards(self, request: HookRequest, assessment: Assessment) -> list[IssuedCard]:
         if request.service.hook == "patient-view":
             return self.writer.patient_view(assessment)
         return self.writer.order_cards(assessment, request.patient_id)
 
+    def run(self, service: Service, body: Any, now: datetime, *, client_iss: str | None = None,
+            stats: FetchStats | None = None) -> HookResult:
+        """Answer a decoded request body; also says which cards were issued and why."""
+        request = dataclasses.replace(parse_request(service, body), client_iss=client_iss)
+        _record, assessment = self.assess(request, now, stats)
+        issued = self.cards(request, assessment)
+        return HookResult(request, {"cards": [c.card for c in issued]}, issued)
+
     def call(self, service: Service, body: Any, now: datetime, *, client_iss: str | None = None,
              stats: FetchStats | None = None) -> dict:
         """The CDS Hooks response for a decoded request body."""
-        request = dataclasses.replace(parse_request(service, body), client_iss=client_iss)
-        _record, assessment = self.assess(request, now, stats)
-        return {"cards": self.cards(request, assessment)}
+        return self.run(service, body, now, client_iss=client_iss, stats=stats).response
 
 
 def service_for_hook(hook: str) -> Service | None:

@@ -11,7 +11,6 @@ import re
 from collections.abc import Callable
 
 import pytest
-
 from conftest import FIXTURES
 
 PATIENT_VIEW = "/cds-services/calciphylaxis-patient-view"

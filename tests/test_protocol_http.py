@@ -11,9 +11,8 @@ import re
 import uuid
 
 import pytest
-from fhir.resources.R4B.medicationrequest import MedicationRequest
-
 from conftest import MANIFEST, load_request
+from fhir.resources.R4B.medicationrequest import MedicationRequest
 
 SERVICE_OF_HOOK = {
     "patient-view": "calciphylaxis-patient-view",

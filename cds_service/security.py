@@ -1,0 +1,211 @@
+"""Client authentication (cds-hooks.md, Security): the EHR's signed JWT, checked before any route.
+
+Order: issuer allow-listed -> algorithm allowed for it -> jku allowed -> audience is this URL ->
+time claims -> jti and tenant present -> key for kid -> signature -> jti not seen before. Every
+failure is the same 401 for the caller; the log line says why, with iss, kid and jti only (never
+the token). Without a configuration file (development mode) nothing is checked.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import jwt
+from flask import g, request
+from jwt.exceptions import InvalidSignatureError, PyJWTError
+
+from .config import Settings, TrustedClient
+from .errors import AuthenticationRequired
+from .jwks import KeyNotFound, KeySets
+from .replay import ReplayCache
+
+log = logging.getLogger("cds_service.security")
+
+PROTECTED_PREFIX = "/cds-services"  # discovery, service calls and feedback
+MAX_TOKEN_CHARS = 8192  # real CDS Hooks JWTs are under 1 KB
+MAX_JTI_CHARS = 256
+REPLAY_DB_NAME = "jwt-replay.sqlite3"
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class Rejected(Exception):
+    """Why a token was refused: logged, never sent to the caller."""
+
+
+@dataclass(frozen=True)
+class VerifiedClient:
+    iss: str
+    jti: str
+    tenant: str | None
+
+
+def _normalise_url(url: str) -> str | None:
+    """Scheme and host in lower case, default port dropped; the path stays exact."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme, host = parts.scheme.lower(), (parts.hostname or "")
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if port in (None, _DEFAULT_PORTS.get(scheme)) else f"{host}:{port}"
+    return f"{scheme}://{netloc}{parts.path}" + (f"?{parts.query}" if parts.query else "")
+
+
+def _audience_matches(aud: Any, expected: str) -> bool:
+    claimed = [aud] if isinstance(aud, str) else aud
+    if not isinstance(claimed, list) or not all(isinstance(a, str) for a in claimed):
+        return False
+    target = _normalise_url(expected)
+    return target is not None and any(_normalise_url(a) == target for a in claimed)
+
+
+def _number(claims: dict, name: str, *, required: bool) -> float | None:
+    value = claims.get(name)
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise Rejected(f"missing or non-numeric {name}")
+    return float(value)
+
+
+def _shown(value: Any) -> str:
+    """A claim as it may appear in a log line: short, one line, no control characters."""
+    if value is None:
+        return "-"
+    if not isinstance(value, str):
+        return f"<{type(value).__name__}>"
+    return value[:80].encode("unicode_escape").decode("ascii")
+
+
+class ClientVerifier:
+    """Checks `Authorization: Bearer <JWT>` headers against the trusted clients."""
+
+    def __init__(self, settings: Settings, *, keys: KeySets | None = None,
+                 replay: ReplayCache | None = None,
+                 clock: Callable[[], float] = time.time):
+        self.clients: dict[str, TrustedClient] = {c.iss: c for c in settings.clients}
+        self.leeway = settings.jwt_leeway_seconds
+        self.keys = keys or KeySets(
+            refetch_cooldown_seconds=settings.jwks_refetch_cooldown_seconds)
+        self.replay = replay or ReplayCache(Path(settings.instance_dir) / REPLAY_DB_NAME)
+        self.clock = clock
+        if not self.clients:
+            log.warning("no trusted clients configured: every call will be refused (401)")
+
+    def verify(self, authorization: str | None, audience: str) -> VerifiedClient:
+        """The verified client, or AuthenticationRequired (after logging the reason)."""
+        context: dict[str, Any] = {}
+        try:
+            return self._verify(authorization, audience, context)
+        except Rejected as exc:
+            log.warning("client authentication failed: reason=%s iss=%s kid=%s jti=%s",
+                        exc, _shown(context.get("iss")), _shown(context.get("kid")),
+                        _shown(context.get("jti")))
+            raise AuthenticationRequired() from None
+
+    def _verify(self, authorization: str | None, audience: str,
+                context: dict[str, Any]) -> VerifiedClient:
+        scheme, _, token = (authorization or "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise Rejected("no bearer token")
+        if len(token) > MAX_TOKEN_CHARS:
+            raise Rejected("token too long")
+        try:
+            unverified = jwt.decode_complete(token, options={"verify_signature": False})
+        except PyJWTError:
+            raise Rejected("malformed token") from None
+        header, claims = unverified["header"], unverified["payload"]
+        context.update(iss=claims.get("iss"), kid=header.get("kid"), jti=claims.get("jti"))
+
+        client = self.clients.get(claims["iss"]) if isinstance(claims.get("iss"), str) else None
+        if client is None:
+            raise Rejected("unknown issuer")
+        alg = header.get("alg")
+        if alg not in client.algorithms:  # `none`, HS* and anything unlisted end here
+            raise Rejected(f"algorithm {_shown(alg)} not allowed")
+        if "jku" in header and header["jku"] != client.jku:
+            raise Rejected("jku not allow-listed for this issuer")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise Rejected("missing kid")
+        if not _audience_matches(claims.get("aud"), audience):
+            raise Rejected("wrong audience")
+        self._check_times(claims)
+        jti = claims.get("jti")
+        if not isinstance(jti, str) or not jti or len(jti) > MAX_JTI_CHARS:
+            raise Rejected("missing jti")
+        if client.tenant is not None and claims.get("tenant") != client.tenant:
+            raise Rejected("wrong tenant")
+
+        try:
+            key = self.keys.key_for(client, kid, alg)
+        except KeyNotFound as exc:
+            raise Rejected(str(exc)) from None
+        try:
+            # The algorithm list comes from configuration, never from the token's header.
+            jwt.decode(token, key=key, algorithms=list(client.algorithms),
+                       options={"verify_exp": False, "verify_iat": False, "verify_nbf": False,
+                                "verify_aud": False, "verify_iss": False,
+                                "enforce_minimum_key_length": True})
+        except InvalidSignatureError:
+            raise Rejected("bad signature") from None
+        except PyJWTError as exc:
+            raise Rejected(f"invalid token ({type(exc).__name__})") from None
+
+        expires_at = float(claims["exp"]) + self.leeway
+        if not self.replay.first_use(client.iss, jti, expires_at, self.clock()):
+            raise Rejected("replayed jti")
+        return VerifiedClient(iss=client.iss, jti=jti, tenant=claims.get("tenant"))
+
+    def _check_times(self, claims: dict) -> None:
+        # Our own checks (not PyJWT's) so there is one injectable clock; no cap on lifetime.
+        now = self.clock()
+        exp = _number(claims, "exp", required=True)
+        iat = _number(claims, "iat", required=True)
+        nbf = _number(claims, "nbf", required=False)
+        if exp + self.leeway <= now:
+            raise Rejected("expired")
+        if iat > now + self.leeway:
+            raise Rejected("issued in the future")
+        if nbf is not None and nbf > now + self.leeway:
+            raise Rejected("not yet valid")
+
+
+def expected_audience(settings: Settings) -> str:
+    """The URL the client must have put in `aud`: the one called, or its public form."""
+    if settings.public_base_url:
+        return settings.public_base_url.rstrip("/") + request.path
+    return request.base_url
+
+
+def is_protected(method: str, path: str) -> bool:
+    """Discovery, service calls and feedback need a client JWT; preflights and docs do not."""
+    if method == "OPTIONS":
+        return False
+    return path == PROTECTED_PREFIX or path.startswith(PROTECTED_PREFIX + "/")
+
+
+def client_authentication(settings: Settings,
+                          verifier: ClientVerifier | None = None) -> Callable[[], None]:
+    """A Flask `before_request` hook: sets `g.client_iss`, or raises AuthenticationRequired."""
+    if verifier is None and not settings.development:
+        verifier = ClientVerifier(settings)
+
+    def authenticate() -> None:
+        g.client_iss = None
+        if verifier is None or not is_protected(request.method, request.path):
+            return
+        client = verifier.verify(request.headers.get("Authorization"),
+                                 expected_audience(settings))
+        g.client_iss = client.iss
+
+    return authenticate
