@@ -17,8 +17,11 @@ from .config import Settings
 from .errors import BadRequest, ServiceError, UnknownService, UnsupportedMediaType
 from .fhir_client import FetchStats, FhirFetcher
 from .hooks import HookEngine
+from .json_depth import MAX_JSON_DEPTH, nesting_exceeds
 from .knowledge import load_knowledge
+from .openapi import blueprint as openapi_blueprint
 from .privacy import pseudonym
+from .security import client_authentication
 from .services import SERVICES
 from .warmup import warm_up
 
@@ -43,9 +46,12 @@ def _decode_json_body() -> object:
     if not raw:
         raise BadRequest("request body is empty")
     try:
-        return orjson.loads(raw)
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    if nesting_exceeds(body):
+        raise BadRequest(f"request JSON is nested deeper than {MAX_JSON_DEPTH} levels")
+    return body
 
 
 def create_app(settings: Settings | None = None, *,
@@ -64,6 +70,9 @@ def create_app(settings: Settings | None = None, *,
     app.extensions["cards_issued_listeners"] = []
     CORS(app, origins=list(settings.cors_origins), methods=["GET", "POST", "OPTIONS"],
          allow_headers=["Authorization", "Content-Type"], max_age=600)
+    # Client JWT on every /cds-services call (not in development mode); sets g.client_iss.
+    app.before_request(client_authentication(settings))
+    app.register_blueprint(openapi_blueprint)
 
     @app.get("/cds-services")
     def discovery():
@@ -108,7 +117,9 @@ def create_app(settings: Settings | None = None, *,
 
     @app.errorhandler(ServiceError)
     def service_error(exc: ServiceError):
-        return operation_outcome(exc.status, exc.code, exc.message)
+        response = operation_outcome(exc.status, exc.code, exc.message)
+        response.headers.extend(exc.headers)
+        return response
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

@@ -32,3 +32,22 @@ def period_end(period) -> datetime | None:
     if period is None:
         return None
     return as_utc(period.end) or as_utc(period.start)
+
+
+def parse_instant(value) -> datetime | None:
+    """A raw FHIR date/dateTime string as UTC, cheaply, for ordering before validation."""
+    if not isinstance(value, str) or len(value) < 4:
+        return None
+    if len(value) <= 7:
+        return as_utc(value)
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return as_utc(parsed)
+
+
+def raw_period_end(period) -> datetime | None:
+    if not isinstance(period, dict):
+        return None
+    return parse_instant(period.get("end")) or parse_instant(period.get("start"))

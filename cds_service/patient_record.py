@@ -9,11 +9,12 @@ carries an unreadable value is listed in `record.unreadable`, never fatal and ne
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .fhir_read import Unreadable as UnreadableResource
 from .fhir_read import belongs_to, codings, concept_text, validate
-from .fhir_time import as_utc, period_end
+from .fhir_time import as_utc, parse_instant, period_end, raw_period_end
 from .knowledge import Knowledge
 from .record import (
     ConditionEntry,
@@ -32,6 +33,8 @@ DRAFT_ORDER_STATUSES = frozenset({"draft", "active", "on-hold", "unknown"})
 RESULT_STATUSES = frozenset({"final", "amended", "corrected"})
 PROCEDURE_STATUSES = frozenset({"completed", "in-progress"})
 IGNORED_VERIFICATION = frozenset({"entered-in-error", "refuted"})
+_OLDEST = datetime(1, 1, 1, tzinfo=UTC)
+_FUTURE_SKEW = timedelta(hours=1)  # as the assessment's
 
 
 def _coded(concept) -> tuple[tuple[str, str, str], ...]:
@@ -63,6 +66,8 @@ class RecordBuilder:
         self.patient_id = patient_id
         self.record = PatientRecord(patient_id=patient_id)
         self.medications_by_ref: dict[str, dict] = {}
+        self._dialysis_candidates: list[tuple[datetime | None, dict]] = []
+        self._lab_candidates: dict[str, list[tuple[datetime | None, dict]]] = {}
 
     # -- helpers -------------------------------------------------------------------------------
     def _skip(self, resource: dict, reason: str) -> None:
@@ -162,30 +167,67 @@ class RecordBuilder:
         ))
 
     def _procedure(self, resource: dict) -> None:
-        dialysis = self.knowledge.procedures["dialysis"]
-        if not dialysis.match(codings(resource.get("code")), ""):
+        if resource.get("status") not in PROCEDURE_STATUSES:
             return
+        if not self.knowledge.procedures["dialysis"].match(codings(resource.get("code")), ""):
+            return
+        when = parse_instant(resource.get("performedDateTime")) or raw_period_end(
+            resource.get("performedPeriod"))
+        self._dialysis_candidates.append((when, resource))
+
+    def _read_procedure(self, resource: dict) -> bool:
+        dialysis = self.knowledge.procedures["dialysis"]
         procedure = self._validated(resource)
         if procedure is None or procedure.status not in PROCEDURE_STATUSES:
-            return
+            return False
         hit = dialysis.match(_coded(procedure.code), "")
         if hit is None:
-            return
+            return False
         performed = (as_utc(procedure.performedDateTime) or period_end(procedure.performedPeriod)
                      or as_utc(procedure.performedString))
         self.record.procedures.append(ProcedureEntry(
             reference=self._ref(procedure), concept="dialysis", code=hit,
             name=_text(procedure.code), status=procedure.status, performed=performed,
         ))
+        return True
 
     def _observation(self, resource: dict) -> None:
         lab_id = next((self.knowledge.lab_by_loinc[c] for s, c, _d in codings(resource.get("code"))
                        if s == "http://loinc.org" and c in self.knowledge.lab_by_loinc), None)
         if lab_id is None or resource.get("status") not in RESULT_STATUSES:
             return
+        when = (parse_instant(resource.get("effectiveDateTime"))
+                or raw_period_end(resource.get("effectivePeriod"))
+                or parse_instant(resource.get("effectiveInstant"))
+                or parse_instant(resource.get("issued")))
+        self._lab_candidates.setdefault(lab_id, []).append((when, resource))
+
+    def finish(self, as_of: datetime | None) -> None:
+        """Validate the dialysis sessions and results the rules can use.
+
+        The rules read only the latest dialysis session and, per lab, the latest readable result
+        (with any newer unreadable ones, which the card reports). So candidates are read newest
+        first and reading stops there: a chart with 430 dialysis sessions validates one.
+        Without `as_of`, everything is read.
+        """
+        def newest_first(candidates):
+            ordered = sorted(candidates, key=lambda c: c[0] or _OLDEST, reverse=True)
+            limit = as_of + _FUTURE_SKEW if as_of else None
+            return [r for when, r in ordered if limit is None or when is None or when <= limit]
+
+        for resource in newest_first(self._dialysis_candidates):
+            if self._read_procedure(resource) and as_of is not None:
+                break
+        for lab_id, candidates in self._lab_candidates.items():
+            for resource in newest_first(candidates):
+                result = self._read_observation(resource, lab_id)
+                if result is not None and result.value is not None and as_of is not None:
+                    break
+
+    def _read_observation(self, resource: dict, lab_id: str) -> LabResult | None:
         observation = self._validated(resource)
         if observation is None:
-            return
+            return None
         loinc = next(c for s, c, _d in _coded(observation.code)
                      if s == "http://loinc.org" and c in self.knowledge.lab_by_loinc)
         effective = (as_utc(observation.effectiveDateTime)
@@ -194,7 +236,7 @@ class RecordBuilder:
         reference = self._ref(observation)
         if effective is None:
             self._skip(resource, f"{lab_id} result without a date")
-            return
+            return None
         lab = self.knowledge.labs[lab_id]
         quantity = observation.valueQuantity
         if quantity is None or quantity.value is None:
@@ -203,7 +245,7 @@ class RecordBuilder:
                 unreadable_because="no numeric value"))
             self.record.unreadable.append(
                 Unreadable("Observation", f"{lab.label}: no numeric value", reference))
-            return
+            return self.record.labs[-1]
         unit = self._unit(quantity)
         factor = lab.units.get(unit)
         reported = f"{quantity.value.normalize():f}" if hasattr(quantity.value, "normalize") \
@@ -214,7 +256,7 @@ class RecordBuilder:
                 effective, observation.status, unreadable_because="unit not recognised"))
             self.record.unreadable.append(Unreadable(
                 "Observation", f"{lab.label}: unit not recognised", reference))
-            return
+            return self.record.labs[-1]
         high = None
         for reference_range in observation.referenceRange or ():
             if reference_range.high is not None and reference_range.high.value is not None:
@@ -313,9 +355,13 @@ class RecordBuilder:
 
 
 def build_record(knowledge: Knowledge, patient_id: str, resources: Iterable[dict],
-                 draft_orders: Iterable[dict] = (), known_empty: tuple[str, ...] = ()
-                 ) -> PatientRecord:
-    """Normalise the patient's FHIR resources (and the hook's draft orders) into a record."""
+                 draft_orders: Iterable[dict] = (), known_empty: tuple[str, ...] = (),
+                 as_of: datetime | None = None) -> PatientRecord:
+    """Normalise the patient's FHIR resources (and the hook's draft orders) into a record.
+
+    `as_of` (the assessment's now) lets the builder skip validating what the rules will not
+    read: older dialysis sessions and results superseded by a newer readable one.
+    """
     resources = list(resources)
     draft_orders = list(draft_orders)
     builder = RecordBuilder(knowledge, patient_id)
@@ -325,6 +371,7 @@ def build_record(knowledge: Knowledge, patient_id: str, resources: Iterable[dict
     for order in draft_orders:
         if isinstance(order, dict) and order.get("resourceType") == "MedicationRequest":
             builder.add(order, draft=True)
+    builder.finish(as_of)
     builder.record.known_empty = known_empty
     # The same data gives the same card, whatever order prefetch or a FHIR search used.
     builder.record.medications.sort(key=lambda m: (m.is_draft, "" if m.is_draft else m.reference))

@@ -376,7 +376,8 @@ def test_order_select_card_is_about_the_selected_calcitriol_draft(client):
     calcitriol = _draft_naming(request, "calcitriol")
     assert request["context"]["selections"] == [calcitriol]
     [card] = client.post(_url(request), json=request).get_json()["cards"]
-    assert card["detail"].split("\n")[0].lower().count("calcitriol") >= 1
+    first_line = card["detail"].split("\n")[0].lower()
+    assert "calcitriol" in first_line and "calcium acetate" not in first_line
     assert {a["resourceId"] for a in _actions([card]) if a["type"] == "delete"} == {calcitriol}
 
 
