@@ -267,6 +267,7 @@ class RecordBuilder:
         self.record.labs.append(LabResult(
             reference, lab_id, loinc, float(quantity.value) * factor, quantity.comparator,
             reported, unit, effective, observation.status, reference_high=high))
+        return self.record.labs[-1]
 
     def _unit(self, quantity) -> str:
         unit = quantity.code if quantity.code and quantity.system == UCUM else quantity.unit

@@ -194,18 +194,22 @@ def is_protected(method: str, path: str) -> bool:
     return path == PROTECTED_PREFIX or path.startswith(PROTECTED_PREFIX + "/")
 
 
-def client_authentication(settings: Settings,
-                          verifier: ClientVerifier | None = None) -> Callable[[], None]:
+class ClientAuthentication:
     """A Flask `before_request` hook: sets `g.client_iss`, or raises AuthenticationRequired."""
-    if verifier is None and not settings.development:
-        verifier = ClientVerifier(settings)
 
-    def authenticate() -> None:
+    def __init__(self, settings: Settings, verifier: ClientVerifier | None = None):
+        self.settings = settings
+        # Development mode (no configuration file) accepts unsigned calls on loopback.
+        self.verifier = verifier or (None if settings.development else ClientVerifier(settings))
+
+    def __call__(self) -> None:
         g.client_iss = None
-        if verifier is None or not is_protected(request.method, request.path):
+        if self.verifier is None or not is_protected(request.method, request.path):
             return
-        client = verifier.verify(request.headers.get("Authorization"),
-                                 expected_audience(settings))
+        client = self.verifier.verify(request.headers.get("Authorization"),
+                                      expected_audience(self.settings))
         g.client_iss = client.iss
 
-    return authenticate
+
+def client_authentication(settings: Settings) -> ClientAuthentication:
+    return ClientAuthentication(settings)
