@@ -275,6 +275,30 @@ def measure(
 
 
 # -- output -------------------------------------------------------------------------------------
+def code_version() -> str:
+    """The commit being measured, and whether the service's code has uncommitted changes."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "cds_service", "cards"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git)"
+    return commit.stdout.strip() + (" + uncommitted changes" if dirty.stdout.strip() else "")
+
+
 def print_table(rows: list[Series], baseline: Series) -> None:
     header = (
         f"{'request':<26} {'resources':>9} {'body KB':>8} {'n':>5} {'p50 ms':>8} "
@@ -351,7 +375,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"client: one requests.Session, sequential; {WARMUP} warm-up requests per series; "
         f"Python {platform.python_version()}, {os.cpu_count()} CPUs; "
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; code {code_version()}"
     )
     print(
         "\nPatient-view requests (reference patient + Synthea Conditions, Procedures, "

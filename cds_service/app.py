@@ -12,9 +12,16 @@ from flask import Flask, Response, g, request
 from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
 
+from . import observability
 from .cards import CardTemplates, CardWriter
 from .config import Settings
-from .errors import BadRequest, ServiceError, UnknownService, UnsupportedMediaType
+from .errors import (
+    BadRequest,
+    PayloadTooLarge,
+    ServiceError,
+    UnknownService,
+    UnsupportedMediaType,
+)
 from .fhir_client import FetchStats, FhirFetcher
 from .hooks import HookEngine
 from .json_depth import MAX_JSON_DEPTH, nesting_exceeds
@@ -43,6 +50,10 @@ def _decode_json_body() -> object:
     if mimetype != "application/json" and not mimetype.endswith("+json"):
         raise UnsupportedMediaType("send the request as application/json")
     raw = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
+    limit = request.max_content_length
+    if limit is not None and request.content_length is None and len(raw) >= limit:
+        # A chunked body is cut at the limit rather than refused: refuse it ourselves.
+        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
     if not raw:
         raise BadRequest("request body is empty")
     try:
@@ -70,6 +81,11 @@ def create_app(settings: Settings | None = None, *,
     app.extensions["cards_issued_listeners"] = []
     CORS(app, origins=list(settings.cors_origins), methods=["GET", "POST", "OPTIONS"],
          allow_headers=["Authorization", "Content-Type"], max_age=600)
+    # Health, readiness, metrics: registered first so hook timing starts before authentication.
+    observability.init_app(app, ready_checks={
+        "knowledge": lambda: bool(engine.knowledge.factors),
+        "card_templates": lambda: writer.pv_detail is not None,
+    })
     # Client JWT on every /cds-services call (not in development mode); sets g.client_iss.
     app.before_request(client_authentication(settings))
     app.register_blueprint(openapi_blueprint)
@@ -102,6 +118,8 @@ def create_app(settings: Settings | None = None, *,
             log.exception("hook %s patient=%s failed; answering with no cards", service_id,
                           patient_tag)
             return _json({"cards": []})
+        g.cards_returned = response["cards"]
+        g.fhir_requests, g.fhir_seconds = stats.requests, stats.fetch_seconds
         for listener in app.extensions["cards_issued_listeners"]:
             try:  # recording what was shown must never cost the clinician the card
                 listener(result)
@@ -123,8 +141,12 @@ def create_app(settings: Settings | None = None, *,
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
-        return operation_outcome(exc.code or 500, "invalid" if (exc.code or 500) < 500
-                                 else "exception", exc.description or exc.name)
+        status = exc.code or 500
+        code = "too-costly" if status == 413 else "invalid" if status < 500 else "exception"
+        response = operation_outcome(status, code, exc.description or exc.name)
+        # Keep the protocol headers werkzeug computed (Allow on a 405).
+        response.headers.extend((k, v) for k, v in exc.get_headers() if k != "Content-Type")
+        return response
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):

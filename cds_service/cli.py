@@ -86,14 +86,21 @@ def evaluate(request_file: str, now_text: str | None, as_json: bool,
     from .hooks import HookEngine, service_for_hook
     from .knowledge import load_knowledge
 
-    settings = load_settings(config_path) if config_path else Settings()
+    try:
+        settings = load_settings(config_path) if config_path else Settings()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
     try:
         body = orjson.loads(Path(request_file).read_bytes())
     except orjson.JSONDecodeError as exc:
         raise click.ClickException(f"{request_file} is not valid JSON: {exc}") from exc
     now = datetime.now(UTC)
     if now_text:
-        now = datetime.fromisoformat(now_text.replace("Z", "+00:00"))
+        try:
+            now = datetime.fromisoformat(now_text.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise click.BadParameter("give an ISO 8601 instant, e.g. 2026-11-20T12:00:00Z",
+                                     param_hint="--now") from exc
         now = now if now.tzinfo else now.replace(tzinfo=UTC)
     service = service_for_hook(body.get("hook", "") if isinstance(body, dict) else "")
     if service is None:
@@ -109,6 +116,30 @@ def evaluate(request_file: str, now_text: str | None, as_json: bool,
         click.echo(orjson.dumps(response, option=orjson.OPT_INDENT_2).decode())
     else:
         _print_cards(response)
+
+
+@main.command()
+@click.option("--iss", default="https://sandbox.cds-hooks.org", show_default=True,
+              help="The client's issuer (the iss of its JWTs).")
+@click.option("--jwks-file", help="Where its public JWK Set is saved (relative to the config).")
+@click.option("--jku", help="The one URL its JWK Set may be fetched from.")
+@click.option("--algorithm", "algorithms", multiple=True,
+              type=click.Choice(["ES384", "RS384", "ES256", "RS256"]),
+              help="Signing algorithm it uses (repeatable; default ES384 and RS384).")
+@click.option("--tenant", help="Tenant its tokens must carry, if any.")
+@click.option("--fhir-server", "fhir_servers", multiple=True,
+              help="FHIR base URL it may send as fhirServer (repeatable).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="Configuration file, to check the saved JWK Set next to it.")
+def keys(iss: str, jwks_file: str | None, jku: str | None, algorithms: tuple[str, ...],
+         tenant: str | None, fhir_servers: tuple[str, ...], config_path: str | None) -> None:
+    """Print how to trust a client, with a [[clients]] block to paste (default: the Sandbox)."""
+    from .trust import trust_instructions
+
+    click.echo(trust_instructions(
+        iss, jwks_file=jwks_file, jku=jku, algorithms=algorithms, tenant=tenant,
+        fhir_servers=fhir_servers,
+        config_dir=Path(config_path).resolve().parent if config_path else Path.cwd()))
 
 
 if __name__ == "__main__":

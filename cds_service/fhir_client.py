@@ -65,6 +65,7 @@ class FetchStats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.requests = 0
+        self.fetch_seconds = 0.0
         self.started = time.perf_counter()
 
     def count(self) -> None:

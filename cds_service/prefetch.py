@@ -69,11 +69,16 @@ def gather(request: HookRequest, fetcher: Fetcher, now: datetime, deadline: floa
             to_fetch.append(key)
         else:
             data.resources += bundle_resources(value)
+    started = time.perf_counter()
     if to_fetch:
-        for resources in fetcher.fetch(request, to_fetch, now, deadline, stats).values():
-            data.resources += resources
+        try:
+            for resources in fetcher.fetch(request, to_fetch, now, deadline, stats).values():
+                data.resources += resources
+        finally:
+            stats.fetch_seconds += time.perf_counter() - started
         data.fetched = to_fetch
     missing = unresolved_medications(data.resources + request.draft_orders)
     if missing and time.monotonic() < deadline:
         data.resources += fetcher.read(request, missing, deadline, stats)
+        stats.fetch_seconds += time.perf_counter() - started
     return data

@@ -132,16 +132,10 @@ def test_evaluate_request_missing_context_reports_400(tmp_path):
     assert "Traceback" not in result.output
 
 
-@pytest.mark.xfail(reason="BUG: cli.evaluate passes --now straight to datetime.fromisoformat; "
-                          "an unparseable value escapes as ValueError with a traceback",
-                   strict=True)
 def test_evaluate_unparseable_now_is_a_clean_error():
     assert_clean_failure(evaluate(REFERENCE, "--now", "yesterday"), "now")
 
 
-@pytest.mark.xfail(reason="BUG: cli.evaluate calls load_settings without catching ConfigError "
-                          "(serve does), so a bad --config file ends in a traceback",
-                   strict=True)
 def test_evaluate_unreadable_config_is_a_clean_error(tmp_path):
     config = tmp_path / "config.toml"
     config.write_text("this is = = not toml")

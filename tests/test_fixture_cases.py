@@ -6,7 +6,6 @@ The expectations in fixtures/manifest.json were written from docs/clinical.md, c
 from __future__ import annotations
 
 import pytest
-
 from conftest import MANIFEST, load_request
 
 SERVICE_OF_HOOK = {
