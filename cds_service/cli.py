@@ -28,35 +28,41 @@ def main() -> None:
 def serve(host: str | None, port: int | None, config_path: str | None,
           workers: int | None) -> None:
     """Run the service under gunicorn (sync workers: best for this CPU-bound work)."""
+    import gc
+    import os
+    import tempfile
+
+    # Metrics of all workers are aggregated through files: set before prometheus is imported.
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="cds-metrics-"))
     from gunicorn.app.base import BaseApplication
 
+    from . import gunicorn_conf
     from .app import create_app
+    from .observability import json_logging
 
     try:
         settings = load_settings(config_path)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    json_logging()
     if settings.development:
         if host and host not in ("127.0.0.1", "localhost", "::1"):
             raise click.ClickException("development mode (no --config) binds loopback only")
         logging.getLogger("cds_service").warning(
-            "DEVELOPMENT MODE: no configuration file; listening on loopback only")
+            "DEVELOPMENT MODE: no configuration file; listening on loopback only, "
+            "client authentication off")
     bind = f"{host or settings.host}:{port or settings.port}"
 
     class Server(BaseApplication):
         def load_config(self):
-            self.cfg.set("bind", [bind])
-            self.cfg.set("workers", workers or settings.workers)
-            self.cfg.set("worker_class", "sync")
-            self.cfg.set("timeout", 30)
-            self.cfg.set("graceful_timeout", 10)
-            self.cfg.set("max_requests", 10000)
-            self.cfg.set("max_requests_jitter", 1000)
-            self.cfg.set("accesslog", None)
+            for key, value in gunicorn_conf.settings(bind, workers or settings.workers).items():
+                self.cfg.set(key, value)
 
         def load(self):
-            return create_app(settings)
+            app = create_app(settings)
+            gc.collect()
+            gc.freeze()  # the warmed models are permanent: keep full collections short
+            return app
 
     Server().run()
 
