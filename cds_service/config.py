@@ -59,6 +59,10 @@ class Settings:
     instance_dir: Path = Path("instance")
     # A fetched JWK Set is refetched on an unknown kid at most this often.
     jwks_refetch_cooldown_seconds: float = 60.0
+    # Where shown cards and feedback are stored; None: SQLite file instance_dir/cds.sqlite3.
+    database_url: str | None = field(default=None, repr=False)  # may hold a password
+    # Key of the patient pseudonyms in that store; None: one generated and kept in instance_dir.
+    record_hash_key: bytes | None = field(default=None, repr=False)
 
     def fhir_server_allowed(self, url: str, iss: str | None) -> bool:
         """Only configured FHIR servers are contacted; in development, loopback ones only."""
@@ -74,6 +78,10 @@ def load_settings(path: str | Path | None = None) -> Settings:
     """Settings from a TOML file; with none, development defaults on loopback."""
     env_key = os.environ.get("CDS_LOG_HASH_KEY")
     extra = {"log_hash_key": env_key.encode()} if env_key else {}
+    if os.environ.get("CDS_DATABASE_URL"):  # the environment wins over the file
+        extra["database_url"] = os.environ["CDS_DATABASE_URL"]
+    if os.environ.get("CDS_RECORD_HASH_KEY"):
+        extra["record_hash_key"] = os.environ["CDS_RECORD_HASH_KEY"].encode()
     if path is None:
         return Settings(**extra)
     path = Path(path)
@@ -83,6 +91,9 @@ def load_settings(path: str | Path | None = None) -> Settings:
         raise ConfigError(f"cannot read config {path}: {exc}") from exc
     base = path.parent
     server = spec.get("server", {})
+    if not isinstance(spec.get("database_url", ""), str):
+        raise ConfigError("database_url must be a string like postgresql://user@host/db")
+    extra.setdefault("database_url", spec.get("database_url") or None)
 
     def relative(value):
         return (base / value).resolve() if value else None

@@ -18,6 +18,7 @@ from typing import Any
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
+from .json_depth import MAX_JSON_DEPTH, nesting_exceeds
 from .record import Coding
 
 _NAIVE_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?$")
@@ -116,6 +117,8 @@ def validate(resource: dict) -> Any:
         model = get_fhir_model_class(resource_type)
     except (KeyError, ValueError) as exc:
         raise Unreadable("unknown resourceType") from exc
+    if nesting_exceeds(resource, MAX_JSON_DEPTH):
+        raise Unreadable(f"{resource_type} nested deeper than {MAX_JSON_DEPTH} levels")
     document = resource
     for _ in range(_MAX_REPAIRS):
         try:

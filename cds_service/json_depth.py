@@ -1,14 +1,14 @@
-"""A nesting limit for request JSON, checked right after decoding and before anything recursive.
+"""A nesting limit for the FHIR resources the service reads, checked before anything recursive.
 
-Real CDS Hooks bodies are about 15 levels deep (request -> prefetch -> Bundle -> entry ->
-resource -> extension ...). orjson accepts up to 1024 levels, deep enough to exhaust Python's
-recursion limit in the validation and copying that follow; the bound here keeps them far from it
-while leaving room for extension-heavy resources.
+Real resources are under ~15 levels deep (resource -> extension -> extension -> value ...).
+orjson accepts bodies up to 1024 levels, deep enough to exhaust Python's recursion limit in the
+validation and copying that follow; the bound here keeps them far from it while leaving room for
+extension-heavy resources. Only resources the rules use are checked (a few per request).
 """
 
 from __future__ import annotations
 
-MAX_JSON_DEPTH = 128
+MAX_JSON_DEPTH = 64
 
 
 def nesting_exceeds(value: object, limit: int = MAX_JSON_DEPTH) -> bool:

@@ -66,6 +66,14 @@ class RecordBuilder:
         self.patient_id = patient_id
         self.record = PatientRecord(patient_id=patient_id)
         self.medications_by_ref: dict[str, dict] = {}
+        self._handlers = {
+            "Patient": self._patient,
+            "Condition": self._condition,
+            "Procedure": self._procedure,
+            "Observation": self._observation,
+            "MedicationRequest": self._medication_request,
+            "MedicationStatement": self._medication_statement,
+        }
         self._dialysis_candidates: list[tuple[datetime | None, dict]] = []
         self._lab_candidates: dict[str, list[tuple[datetime | None, dict]]] = {}
 
@@ -102,14 +110,7 @@ class RecordBuilder:
         if not isinstance(resource, dict):
             self.record.unreadable.append(Unreadable("unknown", "not a JSON object"))
             return
-        handler = {
-            "Patient": self._patient,
-            "Condition": self._condition,
-            "Procedure": self._procedure,
-            "Observation": self._observation,
-            "MedicationRequest": self._medication_request,
-            "MedicationStatement": self._medication_statement,
-        }.get(resource.get("resourceType"))
+        handler = self._handlers.get(resource.get("resourceType"))
         if handler is None:
             return  # Medication (indexed above), OperationOutcome, anything else: not used
         try:
@@ -136,7 +137,7 @@ class RecordBuilder:
     def _condition(self, resource: dict) -> None:
         raw_codings = codings(resource.get("code"))
         raw_text = concept_text(resource.get("code"))
-        if not any(c.match(raw_codings, raw_text) for c in self.knowledge.conditions.values()):
+        if not self.knowledge.condition_index.match(raw_codings, raw_text):
             return
         condition = self._validated(resource)
         if condition is None:
@@ -145,14 +146,10 @@ class RecordBuilder:
         if verification in IGNORED_VERIFICATION:
             return
         found_codings, text = _coded(condition.code), _text(condition.code)
-        concepts, matched = [], []
-        for concept in self.knowledge.conditions.values():
-            hit = concept.match(found_codings, text)
-            if hit:
-                concepts.append(concept.id)
-                matched.append(hit)
-        if not concepts:
+        hits = self.knowledge.condition_index.match(found_codings, text)
+        if not hits:
             return
+        concepts, matched = list(hits), list(hits.values())
         self.record.conditions.append(ConditionEntry(
             reference=self._ref(condition),
             concepts=tuple(concepts),

@@ -19,6 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 sys.path.insert(0, str(FIXTURES))  # for synthea_request
 
+# The feedback tests' database fixtures: SQLite and a throwaway PostgreSQL.
+pytest_plugins = ["feedback_fixtures"]
+
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
 ANCHOR = datetime.fromisoformat(MANIFEST["anchor"].replace("Z", "+00:00")).astimezone(UTC)
 
@@ -43,8 +46,11 @@ def engine(knowledge):
 
 
 @pytest.fixture(scope="session")
-def app():
-    application = create_app(Settings(max_body_bytes=4 * 1024 * 1024), clock=lambda: ANCHOR)
+def app(tmp_path_factory):
+    # Its own instance folder: the shown-card store and its key stay out of the work tree.
+    application = create_app(Settings(max_body_bytes=4 * 1024 * 1024,
+                                      instance_dir=tmp_path_factory.mktemp("instance")),
+                             clock=lambda: ANCHOR)
     application.config["TESTING"] = True
     return application
 

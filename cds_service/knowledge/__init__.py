@@ -86,6 +86,37 @@ class ConceptSet:
         return None
 
 
+class ConceptIndex:
+    """All condition concepts at once: one dict look-up per coding for plain codes, and the
+    concept's own matcher only for concepts with prefixes, ranges or text (a few)."""
+
+    def __init__(self, concepts: dict[str, ConceptSet]):
+        self.order = list(concepts)
+        exact: dict[CodeKey, list[str]] = {}
+        self.special = []
+        for concept in concepts.values():
+            if concept.prefixes or concept.ranges or concept.text:
+                self.special.append(concept)
+                continue
+            for key in concept.codes - concept.excluded:
+                exact.setdefault(key, []).append(concept.id)
+        self.exact = {key: tuple(ids) for key, ids in exact.items()}
+
+    def match(self, codings, text: str) -> dict[str, str]:
+        """concept id -> the code or phrase that identifies it, in knowledge order."""
+        hits: dict[str, str] = {}
+        for system, code, _display in codings:
+            for cid in self.exact.get((system, code), ()):
+                hits.setdefault(cid, code)
+        for concept in self.special:
+            hit = concept.match(codings, text)
+            if hit:
+                hits[concept.id] = hit
+        if len(hits) > 1:
+            hits = {cid: hits[cid] for cid in self.order if cid in hits}
+        return hits
+
+
 @dataclass(frozen=True)
 class MedicineMatch:
     """Why a medicine belongs to a class, or why it was left out despite matching."""
@@ -198,6 +229,7 @@ class Knowledge:
     lab_by_loinc: dict[str, str]
     unit_aliases: dict[str, str]
     factors: dict[str, Factor]  # in card order
+    condition_index: ConceptIndex
     substitutes: tuple[Substitute, ...]
     systems: dict[str, str] = field(repr=False)
 
@@ -314,6 +346,7 @@ def load_knowledge(directory: Path | None = None) -> Knowledge:
         lab_by_loinc={code: lid for lid, lab in labs.items() for code in lab.loinc},
         unit_aliases={k.lower(): v for k, v in spec.get("unit_aliases", {}).items()},
         factors=factors,
+        condition_index=ConceptIndex(conditions),
         substitutes=substitutes,
         systems=systems,
     )

@@ -1,0 +1,190 @@
+"""The production server under test: `cds-service serve` (gunicorn sync workers) on loopback.
+
+    with ProductionServer(workers=2) as server:   # started, and answering GET /cds-services
+        server.base_url, server.master_pid, server.worker_pids(), server.rss_kb()
+
+It runs in its own session (a Ctrl-C in the terminal reaches only the benchmark, which stops the
+server in order), development mode (no config: loopback only), with its log in a temporary file
+(`log_tail()` for when something goes wrong) and its Prometheus multiprocess files in a
+temporary folder that is removed afterwards. Stopping is SIGTERM to the gunicorn master (a
+graceful stop of its workers), then SIGKILL after 15 s.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+CDS_SERVICE = ROOT / ".venv" / "bin" / "cds-service"
+HOST = "127.0.0.1"
+STARTUP_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 15.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        return sock.connect_ex((HOST, port)) == 0
+
+
+# -- memory, from /proc -------------------------------------------------------------------------
+def vm_rss_kb(pid: int) -> int | None:
+    """Resident set size of a process in KiB (VmRSS in /proc/<pid>/status); None if gone."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def child_pids(parent: int) -> list[int]:
+    """Direct children of `parent`, from the ppid field of /proc/<pid>/stat.
+
+    (/proc/<pid>/task/<tid>/children needs CONFIG_PROC_CHILDREN, which this kernel lacks.)
+    """
+    children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()  # after "pid (comm)"
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 1 and fields[1] == str(parent):
+            children.append(int(entry))
+    return sorted(children)
+
+
+# -- the server ---------------------------------------------------------------------------------
+class ProductionServer:
+    def __init__(self, workers: int, port: int | None = None) -> None:
+        self.workers = workers
+        self.port = port or free_port()
+        self.base_url = f"http://{HOST}:{self.port}"
+        self.command = [
+            str(CDS_SERVICE), "serve", "--host", HOST, "--port", str(self.port),
+            "--workers", str(workers),
+        ]
+        self.process: subprocess.Popen | None = None
+        self.ready_s: float | None = None
+        self._log = None
+        self._metrics_dir = None
+
+    def __enter__(self) -> ProductionServer:
+        if port_in_use(self.port):
+            raise RuntimeError(f"port {self.port} on {HOST} is already in use")
+        self._log = tempfile.TemporaryFile(mode="w+b")
+        self._metrics_dir = tempfile.TemporaryDirectory(prefix="bench-cds-metrics-")
+        env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=self._metrics_dir.name)
+        try:
+            self.process = subprocess.Popen(
+                self.command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=self._log,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )
+            self.ready_s = self._wait_until_ready()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        try:
+            self.stop()
+        finally:
+            if self._log is not None:
+                self._log.close()
+            if self._metrics_dir is not None:
+                self._metrics_dir.cleanup()
+
+    @property
+    def master_pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def _wait_until_ready(self) -> float:
+        started = time.perf_counter()
+        deadline = started + STARTUP_TIMEOUT_S
+        with requests.Session() as session:
+            while time.perf_counter() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(
+                        f"the server exited with code {self.process.returncode} while starting;"
+                        f" its log ends:\n{self.log_tail()}"
+                    )
+                try:
+                    answer = session.get(f"{self.base_url}/cds-services", timeout=2)
+                    if answer.status_code == 200 and len(self.worker_pids()) == self.workers:
+                        return time.perf_counter() - started
+                except requests.ConnectionError:
+                    pass
+                time.sleep(0.1)
+        raise RuntimeError(
+            f"the server did not answer GET /cds-services in {STARTUP_TIMEOUT_S:.0f} s"
+        )
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()  # SIGTERM to the gunicorn master: graceful stop of its workers
+        try:
+            self.process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)  # its own session: master and workers
+            self.process.wait(timeout=5)
+
+    @property
+    def exited_badly(self) -> bool:
+        code = self.process.returncode if self.process else None
+        return code not in (None, 0, -signal.SIGTERM)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def worker_pids(self) -> list[int]:
+        return child_pids(self.master_pid)
+
+    def rss_kb(self) -> dict[int, int]:
+        """{pid: VmRSS KiB} of the master (first) and each live worker."""
+        pids = [self.master_pid, *self.worker_pids()]
+        return {pid: rss for pid in pids if (rss := vm_rss_kb(pid)) is not None}
+
+    def log_tail(self, lines: int = 20) -> str:
+        if self._log is None or self._log.closed:
+            return ""
+        # pread: the server shares this file's offset, so reading must not move it.
+        fd = self._log.fileno()
+        text = os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def code_version() -> str:
+    """The commit being measured, and whether the service's code has uncommitted changes."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+            timeout=10, check=True,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "cds_service", "cards"], cwd=ROOT,
+            capture_output=True, text=True, timeout=10, check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git)"
+    return commit.stdout.strip() + (" + uncommitted changes" if dirty.stdout.strip() else "")

@@ -1,0 +1,204 @@
+"""The record of what was shown: a cards-issued listener that never slows or fails a hook call.
+
+The listener only builds a small record per card and puts it on a bounded in-process queue
+(a few microseconds). One background thread per process drains the queue and inserts in
+batches. When the queue is full (the store is down or too slow) records are dropped and
+counted; a batch that cannot be written is kept and retried with back-off. Logs name
+exception types and counts only: no patient, no card text.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from ..hooks import HookResult
+from ..privacy import pseudonym
+from .store import FeedbackStore, ShownCard, StoreUnavailable, is_store_down
+
+log = logging.getLogger("cds_service.feedback")
+
+RECORD_KEY_FILE = "record-hash.key"
+_LOG_EVERY_SECONDS = 60.0
+
+
+def record_hash_key(configured: bytes | None, instance_dir: Path) -> bytes:
+    """The key for patient pseudonyms in the record: configured, else one kept in the instance
+    folder (created once, atomically, so that all workers and restarts share it)."""
+    if configured:
+        return configured
+    path = Path(instance_dir) / RECORD_KEY_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        draft = path.with_name(f".{RECORD_KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
+        draft.write_bytes(secrets.token_hex(32).encode())
+        draft.chmod(0o600)
+        try:
+            os.link(draft, path)  # fails if another worker won the race: then use theirs
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+    return path.read_bytes().strip()
+
+
+class CardRecorder:
+    """Call it with each HookResult; `flush()` waits until what was queued is written."""
+
+    def __init__(self, store: FeedbackStore, key: bytes, *, capacity: int = 10_000,
+                 batch_size: int = 500, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 max_backoff_seconds: float = 30.0):
+        self.store = store
+        self._key = key
+        self._capacity = capacity
+        self._batch_size = batch_size
+        self._clock = clock
+        self._max_backoff = max_backoff_seconds
+        self.dropped = 0  # records lost because the queue was full
+        self.rejected = 0  # records the database refused (a bug, not an outage)
+        self.written = 0
+        self._logged_drop_at = float("-inf")
+        self._logged_down_at = float("-inf")
+        self._stop = threading.Event()
+        self._pid = -1
+        self._start_lock = threading.Lock()
+        self._queue: queue.Queue[ShownCard] = queue.Queue(capacity)
+        self._thread: threading.Thread | None = None
+
+    # -- the hot path ----------------------------------------------------------------------
+    def __call__(self, result: HookResult) -> None:
+        if not result.issued:
+            return
+        if self._pid != os.getpid():
+            self._start()
+        request = result.request
+        patient = pseudonym(request.patient_id, self._key)
+        now = self._clock()
+        for issued in result.issued:
+            card = issued.card
+            record = ShownCard(issued.uuid, request.service.id, request.service.hook,
+                               request.hook_instance, card["indicator"],
+                               card.get("selectionBehavior"), patient, now, issued.rules,
+                               issued.suggestion_uuids)
+            try:
+                self._queue.put_nowait(record)
+            except queue.Full:
+                self._dropped()
+
+    def _dropped(self) -> None:
+        self.dropped += 1  # only ever grows; an approximate count under threads is fine
+        if time.monotonic() - self._logged_drop_at >= _LOG_EVERY_SECONDS:
+            self._logged_drop_at = time.monotonic()
+            log.warning("card record queue full: %d records dropped so far", self.dropped)
+
+    # -- the writer ------------------------------------------------------------------------
+    def _start(self) -> None:
+        """Start the writer in this process (again after a fork: threads do not survive one)."""
+        with self._start_lock:
+            if self._pid == os.getpid():
+                return
+            if self._pid != -1:
+                self._queue = queue.Queue(self._capacity)  # the parent's may hold a lock
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="card-recorder", daemon=True)
+            self._thread.start()
+            self._pid = os.getpid()
+
+    def _run(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                first = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            batch = [first]
+            while len(batch) < self._batch_size:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            while not self._write(batch):
+                if self._stop.wait(backoff):
+                    return
+                backoff = min(backoff * 2, self._max_backoff)
+            backoff = 0.5
+            for _ in batch:
+                self._queue.task_done()
+
+    def _write(self, batch: list[ShownCard]) -> bool:
+        """True when the batch is done with (written, or refused for good); False to retry."""
+        try:
+            self.store.ensure_ready()
+            self.store.record_shown(batch)
+        except Exception as exc:  # noqa: BLE001 - a logging thread must not die
+            if isinstance(exc, StoreUnavailable) or is_store_down(exc):
+                self._store_down(exc, len(batch))
+                return False
+            if isinstance(exc, sa.exc.SQLAlchemyError):
+                self._write_one_by_one(batch, exc)
+            else:  # our own bug: retrying would not help
+                self.rejected += len(batch)
+                log.error("card records could not be built for the store (%s)",
+                          type(exc).__name__)
+            return True
+        if self._logged_down_at > float("-inf"):
+            log.info("card store reachable again; %d records written", len(batch))
+            self._logged_down_at = float("-inf")
+        self.written += len(batch)
+        return True
+
+    def _write_one_by_one(self, batch: list[ShownCard], exc: Exception) -> None:
+        """A statement error: keep every record that can be written, count the others."""
+        for record in batch:
+            try:
+                self.store.record_shown([record])
+                self.written += 1
+            except Exception as error:  # noqa: BLE001
+                self.rejected += 1
+                log.error("card record refused by the store (%s)", type(error).__name__)
+        log.error("a card record batch failed (%s); wrote what could be", type(exc).__name__)
+
+    def _store_down(self, exc: BaseException, waiting: int) -> None:
+        if time.monotonic() - self._logged_down_at >= _LOG_EVERY_SECONDS:
+            self._logged_down_at = time.monotonic()
+            cause = type(getattr(exc, "orig", None) or exc).__name__
+            log.warning("card store unavailable (%s: %s); %d records waiting, %d dropped",
+                        type(exc).__name__, cause, waiting + self._queue.qsize(), self.dropped)
+
+    # -- control ---------------------------------------------------------------------------
+    def pending(self) -> int:
+        """Records queued or being written in this process."""
+        return self._queue.unfinished_tasks if self._pid == os.getpid() else 0
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything queued so far is written; False on timeout."""
+        if self._pid != os.getpid():
+            return True
+        # Queue.join() has no timeout; this is the same wait on the queue's own condition.
+        deadline = time.monotonic() + timeout
+        with self._queue.all_tasks_done:
+            while self._queue.unfinished_tasks:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._queue.all_tasks_done.wait(remaining)
+        return True
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.flush(timeout)
+        self._stop.set()
+        if self._thread is not None and self._pid == os.getpid():
+            self._thread.join(timeout)
+
+    def stats(self) -> dict[str, int]:
+        return {"pending": self.pending(), "written": self.written, "dropped": self.dropped,
+                "rejected": self.rejected}

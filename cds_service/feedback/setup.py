@@ -1,0 +1,45 @@
+"""Wiring into the Flask app: store (migrated now), recorder (a listener), feedback route."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from flask import Flask
+
+from ..config import Settings
+from .recorder import CardRecorder, record_hash_key
+from .routes import feedback_blueprint
+from .store import FeedbackStore, StoreUnavailable, database_url
+
+log = logging.getLogger("cds_service.feedback")
+
+
+@dataclass(frozen=True)
+class Feedback:
+    store: FeedbackStore
+    recorder: CardRecorder
+
+
+def init_feedback(app: Flask, settings: Settings, clock: Callable[[], datetime]) -> Feedback:
+    store = FeedbackStore(database_url(settings.database_url, settings.instance_dir))
+    try:
+        store.ensure_ready()
+    except StoreUnavailable:
+        # Cards are still served; the recorder and the feedback route retry the migration.
+        log.warning("feedback store %s unreachable at start; retrying in the background",
+                    store.display_url())
+    # With gunicorn's preload the app is built in the master: let no pooled connection be
+    # inherited by the forked workers.
+    store.dispose()
+    recorder = CardRecorder(store, record_hash_key(settings.record_hash_key,
+                                                   settings.instance_dir), clock=clock)
+    app.extensions["cards_issued_listeners"].append(recorder)
+    app.register_blueprint(feedback_blueprint(store, recorder, clock))
+    feedback = Feedback(store, recorder)
+    app.extensions["feedback"] = feedback
+    atexit.register(recorder.close, 2.0)  # write what is queued when a worker exits
+    return feedback

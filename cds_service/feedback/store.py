@@ -1,0 +1,245 @@
+"""Where shown cards and feedback live: SQLite by default, PostgreSQL via `database_url`.
+
+One `FeedbackStore` per process. Schema changes go through the Alembic migrations shipped in
+`migrations/`, applied at start; the tables themselves are in `schema.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine, make_url
+
+from ..errors import ServiceError
+from .schema import card_feedback, issued_card, issued_card_rule, issued_suggestion
+
+log = logging.getLogger("cds_service.feedback")
+
+DEFAULT_DATABASE_FILE = "cds.sqlite3"
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+VERSION_TABLE = "feedback_alembic_version"
+# Serialises concurrent `upgrade head` of several workers starting at once on PostgreSQL.
+_MIGRATION_LOCK_ID = 0x43445346  # "CDSF"
+
+
+class StoreUnavailable(ServiceError):
+    """The database cannot be reached (503); the hook calls go on without it."""
+
+    status = 503
+    code = "transient"
+
+
+def is_store_down(exc: BaseException) -> bool:
+    """Connection-level failures (worth retrying later), as opposed to a bad statement."""
+    return isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError) or bool(
+        getattr(exc, "connection_invalidated", False))
+
+
+def database_url(configured: str | None, instance_dir: Path) -> str:
+    """The configured URL, else the SQLite file in the instance folder (relative to the cwd)."""
+    if configured:
+        return configured
+    return f"sqlite:///{(Path(instance_dir) / DEFAULT_DATABASE_FILE).resolve()}"
+
+
+def make_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3, not psycopg2
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(parsed)
+    # hide_parameters: SQL errors are logged, and parameters are no business of a log.
+    return sa.create_engine(parsed, hide_parameters=True, pool_pre_ping=True, pool_size=5,
+                            connect_args={"connect_timeout": 3})
+
+
+def _sqlite_engine(url) -> Engine:
+    if url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, hide_parameters=True,
+                              connect_args={"timeout": 30, "check_same_thread": False})
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:
+        # SQLAlchemy emits BEGIN itself (below): sqlite3's implicit BEGIN comes too late to
+        # take the write lock before a read, which deadlocks two read-then-write transactions.
+        dbapi_connection.isolation_level = None
+        dbapi_connection.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+        dbapi_connection.execute("PRAGMA synchronous=NORMAL")  # durable enough in WAL mode
+        dbapi_connection.execute("PRAGMA foreign_keys=ON")
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        connection.exec_driver_sql(connection.get_execution_options().get(
+            "cds_sqlite_begin", "BEGIN"))
+
+    return engine
+
+
+@dataclass(frozen=True)
+class ShownCard:
+    """One card as shown: what analytics needs, and nothing that identifies the patient."""
+
+    card_uuid: str
+    service_id: str
+    hook: str
+    hook_instance: str | None
+    indicator: str
+    selection_behavior: str | None
+    patient_pseudonym: str
+    issued_at: datetime
+    rules: tuple[str, ...]
+    suggestion_uuids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class KnownCard:
+    """What feedback is checked against."""
+
+    card_uuid: str
+    service_id: str
+    selection_behavior: str | None
+    suggestion_uuids: frozenset[str]
+
+
+class FeedbackStore:
+    def __init__(self, url: str):
+        self.url = url
+        self._engine = make_engine(url)
+        self._pid = os.getpid()
+        self._ready = False
+        self._ready_lock = threading.Lock()
+
+    @property
+    def dialect(self) -> str:
+        return self._engine.dialect.name
+
+    @property
+    def engine(self) -> Engine:
+        # Pooled connections must not cross a fork (gunicorn workers, multiprocessing).
+        if self._pid != os.getpid():
+            self._engine.dispose(close=False)
+            self._pid = os.getpid()
+        return self._engine
+
+    def display_url(self) -> str:
+        return self._engine.url.render_as_string(hide_password=True)
+
+    # -- schema ----------------------------------------------------------------------------
+    def migrate(self) -> None:
+        """`alembic upgrade head` on this database; safe when several processes start at once."""
+        from alembic import command
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with self.write() as connection:
+            if self.dialect == "postgresql":
+                connection.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"),
+                                   {"id": _MIGRATION_LOCK_ID})
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+        self._ready = True
+
+    def ensure_ready(self) -> None:
+        """Migrate once per process, retrying on later calls if the database was down."""
+        if self._ready:
+            return
+        with self._ready_lock:
+            if not self._ready:
+                try:
+                    self.migrate()
+                except sa.exc.SQLAlchemyError as exc:
+                    if is_store_down(exc):
+                        raise StoreUnavailable("the feedback store is unavailable") from exc
+                    raise
+
+    # -- transactions ----------------------------------------------------------------------
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A transaction that will write: on SQLite it takes the write lock up front."""
+        engine = self.engine
+        if self.dialect == "sqlite":
+            engine = engine.execution_options(cds_sqlite_begin="BEGIN IMMEDIATE")
+        with engine.begin() as connection:
+            yield connection
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect() as connection, connection.begin():
+            yield connection
+
+    def _insert_ignoring_duplicates(self, table: sa.Table, keys: Sequence[str]):
+        insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        return insert(table).on_conflict_do_nothing(index_elements=list(keys))
+
+    # -- shown cards -----------------------------------------------------------------------
+    def record_shown(self, cards: Sequence[ShownCard]) -> None:
+        """Insert a batch in one transaction; a card already recorded (a retry) is skipped."""
+        if not cards:
+            return
+        rows = [{"card_uuid": c.card_uuid, "service_id": c.service_id, "hook": c.hook,
+                 "hook_instance": c.hook_instance, "indicator": c.indicator,
+                 "selection_behavior": c.selection_behavior,
+                 "patient_pseudonym": c.patient_pseudonym, "issued_at": c.issued_at}
+                for c in cards]
+        rules = [{"card_uuid": c.card_uuid, "rule_id": r} for c in cards for r in set(c.rules)]
+        suggestions = [{"card_uuid": c.card_uuid, "suggestion_uuid": s}
+                       for c in cards for s in set(c.suggestion_uuids)]
+        with self.write() as connection:
+            connection.execute(self._insert_ignoring_duplicates(issued_card, ["card_uuid"]),
+                               rows)
+            if rules:
+                connection.execute(self._insert_ignoring_duplicates(
+                    issued_card_rule, ["card_uuid", "rule_id"]), rules)
+            if suggestions:
+                connection.execute(self._insert_ignoring_duplicates(
+                    issued_suggestion, ["card_uuid", "suggestion_uuid"]), suggestions)
+
+    def known_cards(self, connection: Connection, uuids: Iterable[str]) -> dict[str, KnownCard]:
+        uuids = sorted(set(uuids))
+        cards: dict[str, KnownCard] = {}
+        if not uuids:
+            return cards
+        suggestions: dict[str, set[str]] = {u: set() for u in uuids}
+        for card_uuid, suggestion in connection.execute(
+                sa.select(issued_suggestion.c.card_uuid, issued_suggestion.c.suggestion_uuid)
+                .where(issued_suggestion.c.card_uuid.in_(uuids))):
+            suggestions[card_uuid].add(suggestion)
+        for row in connection.execute(
+                sa.select(issued_card.c.card_uuid, issued_card.c.service_id,
+                          issued_card.c.selection_behavior)
+                .where(issued_card.c.card_uuid.in_(uuids))):
+            cards[row.card_uuid] = KnownCard(row.card_uuid, row.service_id,
+                                             row.selection_behavior,
+                                             frozenset(suggestions[row.card_uuid]))
+        return cards
+
+    # -- feedback --------------------------------------------------------------------------
+    def insert_feedback(self, connection: Connection, rows: Sequence[dict]) -> int:
+        """Insert in key order (so concurrent batches lock rows in the same order and cannot
+        deadlock); returns how many were new."""
+        # RETURNING, not rowcount: drivers disagree on the rowcount of a skipped insert.
+        statement = self._insert_ignoring_duplicates(card_feedback, ["dedup_key"]).returning(
+            card_feedback.c.id)
+        stored = 0
+        for row in sorted(rows, key=lambda r: r["dedup_key"]):
+            stored += len(connection.execute(statement, row).all())
+        return stored
+
+    # -- for tests and operators -----------------------------------------------------------
+    def count(self, table: sa.Table) -> int:
+        with self.read() as connection:
+            return connection.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+
+    def dispose(self) -> None:
+        self._engine.dispose()
