@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint fixtures bench clean
+.PHONY: serve test lint fixtures bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,12 @@ fixtures: $(STAMP)
 	$(BIN)/python fixtures/generate.py
 
 bench: $(STAMP)
-	$(BIN)/python bench/patient_view.py
+	@command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk) || \
+		{ echo "wrk is missing: run 'apt-get install wrk' (Debian) as root" >&2; exit 1; }
+	$(BIN)/python bench/load.py
+
+soak: $(STAMP)
+	$(BIN)/python bench/load.py --soak 300
 
 clean:
 	rm -rf $(VENV) build *.egg-info

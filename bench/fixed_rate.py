@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import multiprocessing
 import queue
+import signal
 import statistics
 import threading
 import time
 from collections.abc import Sequence
 
 import requests
-
 from requests_builder import Case
 
 SENDERS = 8  # threads sending at once: ~8 x the 2,000-resource call time of headroom
@@ -35,6 +35,8 @@ JOIN_GRACE_S = 60.0  # after the last due time, for the requests still in flight
 def _send_all(cases: Sequence[Case], mix: Sequence[int], base_url: str, rate: float,
               seconds: float, out: multiprocessing.Queue) -> None:
     """The child process: send rate x seconds requests on schedule, put a summary on `out`."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops us
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     total = int(rate * seconds)
     work: queue.Queue = queue.Queue()
     records: list[tuple[int, float, float, float, str | None]] = []  # case, due, sent, done, err

@@ -188,3 +188,63 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown (no git)"
     return commit.stdout.strip() + (" + uncommitted changes" if dirty.stdout.strip() else "")
+
+
+# -- CPU time, to see what else ran on the machine during a measurement -------------------------
+TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int, reaped_children: bool = False) -> float:
+    """User + system CPU seconds of one process so far (0 if it is gone); with
+    `reaped_children`, plus those of its children that have exited and been waited for."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    # utime, stime, cutime, cstime: fields 14-17 of proc(5), counted from the state (field 3)
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped_children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / TICKS_PER_S
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all cores spent on anything but idling, since boot (/proc/stat)."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        values = [int(v) for v in stat.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    guest = sum(values[8:10]) if len(values) > 9 else 0  # already counted in user and nice
+    return (sum(values) - idle - guest) / TICKS_PER_S
+
+
+class CpuShare:
+    """CPU used by the server, by the load generator and by everything else over a run.
+
+        share = CpuShare(server); ...run wrk...; share.stop(); share.others_pct
+    Percentages are of the whole machine (all cores) over the wall time of the run.
+    """
+
+    def __init__(self, server: ProductionServer) -> None:
+        self.server = server
+        self.start_workers = set(server.worker_pids())
+        self.start = self._snapshot(self.start_workers)
+
+    def _snapshot(self, workers: set[int]) -> tuple[float, float, float, float]:
+        me = os.times()
+        # Workers recycled by gunicorn (max_requests) during the run were reaped by the master:
+        # their CPU time is in the master's cutime/cstime.
+        server = process_cpu_s(self.server.master_pid, reaped_children=True) + sum(
+            process_cpu_s(p) for p in workers)
+        return (time.monotonic(), machine_busy_s(), server,
+                me.user + me.system + me.children_user + me.children_system)
+
+    def stop(self) -> None:
+        end_workers = set(self.server.worker_pids())
+        end = self._snapshot(end_workers)
+        self.restarted = len(end_workers - self.start_workers)  # at least this many
+        wall, busy, server, bench = (e - s for e, s in zip(end, self.start, strict=True))
+        capacity = wall * (os.cpu_count() or 1)
+        self.server_pct = 100 * server / capacity
+        self.bench_pct = 100 * bench / capacity  # this script and wrk (a waited-for child)
+        self.others_pct = max(0.0, 100 * (busy - server - bench) / capacity)

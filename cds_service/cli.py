@@ -148,5 +148,32 @@ def keys(iss: str, jwks_file: str | None, jku: str | None, algorithms: tuple[str
         config_dir=Path(config_path).resolve().parent if config_path else Path.cwd()))
 
 
+@main.command()
+@click.option("--since", type=click.DateTime(formats=["%Y-%m-%d"]),
+              help="Only cards shown on or after this day (UTC), e.g. 2026-09-01.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "html"]), default="text",
+              show_default=True, help="html: one self-contained file with the weekly chart.")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              help="The service's TOML configuration (for database_url). Without one: the "
+                   "SQLite file in ./instance, as `serve` uses from the same folder.")
+@click.option("--output", type=click.Path(dir_okay=False),
+              help="Write the report to this file instead of standard output.")
+def report(since: datetime | None, fmt: str, config_path: str | None,
+           output: str | None) -> None:
+    """Cards shown, accepted, overridden and ignored: per service, factor, override reason and
+    ISO week."""
+    from .feedback.report_cli import ReportError, produce_report
+
+    try:
+        text = produce_report(load_settings(config_path),
+                              since.replace(tzinfo=UTC) if since else None, fmt)
+    except (ConfigError, ReportError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if output:
+        Path(output).write_text(text, encoding="utf-8")
+        click.echo(f"Report written to {output}", err=True)
+    else:
+        click.echo(text, nl=False)
+
 if __name__ == "__main__":
     main()

@@ -31,5 +31,7 @@ def settings(bind: str, workers: int) -> dict:
         "max_requests": 10000,
         "max_requests_jitter": 1000,
         "accesslog": None,  # the app logs each hook call itself, without PHI
+        # gunicorn 27's control socket lives in $HOME, which a container user may lack.
+        "control_socket_disable": True,
         "child_exit": child_exit,
     }

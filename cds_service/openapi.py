@@ -17,7 +17,12 @@ from .services import SERVICES, Service
 blueprint = Blueprint("openapi", __name__)
 
 _TEXT = {"type": "string", "minLength": 1, "pattern": r"\S"}
+# The parser reads an optional field sent as null as absent; the schema says so.
+_OPTIONAL_TEXT = {**_TEXT, "nullable": True}
 _OUTCOME_REF = {"$ref": "#/components/schemas/OperationOutcome"}
+
+_ENTRY = {"type": "object", "required": ["resource"],
+          "properties": {"resource": {"type": "object"}}}
 
 _SCHEMAS: dict[str, Any] = {
     "OperationOutcome": {
@@ -68,22 +73,22 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "access_token": _TEXT,
             "token_type": {"type": "string", "enum": ["Bearer", "bearer"]},
-            "expires_in": {"type": "integer"},
-            "scope": _TEXT, "subject": _TEXT, "patient": _TEXT,
+            "expires_in": {"type": "integer", "nullable": True},
+            "scope": _OPTIONAL_TEXT, "subject": _OPTIONAL_TEXT, "patient": _OPTIONAL_TEXT,
         },
     },
     "Prefetch": {
-        "description": "Key -> FHIR resource or searchset Bundle; null means known empty.",
-        "type": "object",
+        "description": "Key -> FHIR resource or searchset Bundle; null means known empty. "
+                       "A null prefetch is read as none sent.",
+        "type": "object", "nullable": True,
         "additionalProperties": {"type": "object", "nullable": True},
     },
     "DraftOrders": {
         "type": "object", "required": ["resourceType"],
         "properties": {
             "resourceType": {"type": "string", "enum": ["Bundle"]},
-            "entry": {"type": "array", "items": {
-                "type": "object", "required": ["resource"],
-                "properties": {"resource": {"type": "object"}}}},
+            # A single entry object instead of an array is tolerated (protocol._draft_orders).
+            "entry": {"anyOf": [{"type": "array", "items": _ENTRY}, _ENTRY]},
         },
     },
 }
@@ -94,7 +99,7 @@ def _context_schema(service: Service) -> dict:
         "userId": {**_TEXT, "maxLength": 256},
         # A FHIR id, optionally as Patient/id (protocol._resource_id).
         "patientId": {"type": "string", "pattern": r"^(Patient/)?[A-Za-z0-9.\-]{1,64}$"},
-        "encounterId": {**_TEXT, "maxLength": 256},
+        "encounterId": {**_OPTIONAL_TEXT, "maxLength": 256},
     }
     if "draftOrders" in service.required_context:
         properties["draftOrders"] = {"$ref": "#/components/schemas/DraftOrders"}
@@ -111,8 +116,9 @@ def _request_schema(service: Service) -> dict:
             "hook": {"type": "string", "enum": [service.hook]},
             "hookInstance": {**_TEXT, "maxLength": 256},
             "context": _context_schema(service),
-            "fhirServer": {"type": "string", "format": "uri", "pattern": "^https?://[^/?#]"},
-            "fhirAuthorization": {"$ref": "#/components/schemas/FhirAuthorization"},
+            "fhirServer": {"type": "string", "pattern": "^https?://[!-~]+$", "nullable": True},
+            "fhirAuthorization": {"allOf": [{"$ref": "#/components/schemas/FhirAuthorization"}],
+                                  "nullable": True},
             "prefetch": {"$ref": "#/components/schemas/Prefetch"},
         },
     }

@@ -110,7 +110,8 @@ class RecordBuilder:
         if not isinstance(resource, dict):
             self.record.unreadable.append(Unreadable("unknown", "not a JSON object"))
             return
-        handler = self._handlers.get(resource.get("resourceType"))
+        resource_type = resource.get("resourceType")
+        handler = self._handlers.get(resource_type) if isinstance(resource_type, str) else None
         if handler is None:
             return  # Medication (indexed above), OperationOutcome, anything else: not used
         try:

@@ -81,6 +81,20 @@ def _selections(context: dict) -> frozenset[str]:
     return frozenset(selections)
 
 
+def _http_url(value: str) -> bool:
+    """An http(s) URL in printable ASCII with a host: what a FHIR base URL is. urlsplit alone
+    passes control characters and raises ValueError on a malformed port or IPv6 host."""
+    if not value.startswith(("http://", "https://")) or not all(
+            "!" <= c <= "~" for c in value):
+        return False
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (parses the port; ValueError if malformed)
+    except ValueError:
+        return False
+    return bool(parts.hostname)
+
+
 def parse_request(service: Service, body: Any) -> HookRequest:
     """Validate a decoded JSON body against the CDS Hooks 2.0 rules for this service."""
     if not isinstance(body, dict):
@@ -104,10 +118,8 @@ def parse_request(service: Service, body: Any) -> HookRequest:
         selections = _selections(context)
 
     fhir_server = _string(body, "fhirServer", "", required=False)
-    if fhir_server is not None:
-        parts = urlsplit(fhir_server)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise BadRequest("fhirServer must be an http(s) URL")
+    if fhir_server is not None and not _http_url(fhir_server):
+        raise BadRequest("fhirServer must be an http(s) URL")
     access_token = None
     authorization = body.get("fhirAuthorization")
     if authorization is not None:

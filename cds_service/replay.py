@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from contextlib import closing
 from pathlib import Path
 
 _SCHEMA = """
@@ -42,8 +43,11 @@ class ReplayCache:
         self._lock = threading.Lock()
         self._connection: sqlite3.Connection | None = None
         self._pid = 0
-        with self._lock:
-            self._connect().executescript(_SCHEMA)
+        # Created and closed here: with gunicorn's preload this runs in the master, and an open
+        # connection must not be inherited by the forked workers (each opens its own).
+        with closing(sqlite3.connect(self.path, timeout=5.0)) as setup:
+            setup.execute("PRAGMA journal_mode=WAL")
+            setup.executescript(_SCHEMA)
 
     def _connect(self) -> sqlite3.Connection:
         # A connection must not cross a fork: gunicorn forks workers after the app is built.

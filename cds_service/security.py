@@ -9,6 +9,7 @@ the token). Without a configuration file (development mode) nothing is checked.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from jwt.exceptions import InvalidSignatureError, PyJWTError
 from .config import Settings, TrustedClient
 from .errors import AuthenticationRequired
 from .jwks import KeyNotFound, KeySets
+from .observability import AUTH_FAILURES
 from .replay import ReplayCache
 
 log = logging.getLogger("cds_service.security")
@@ -73,7 +75,13 @@ def _number(claims: dict, name: str, *, required: bool) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise Rejected(f"missing or non-numeric {name}")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # a JSON integer beyond float range
+        number = math.inf
+    if not math.isfinite(number):  # json.loads reads NaN and Infinity; NaN compares as "valid"
+        raise Rejected(f"non-finite {name}")
+    return number
 
 
 def _shown(value: Any) -> str:
@@ -106,6 +114,7 @@ class ClientVerifier:
         try:
             return self._verify(authorization, audience, context)
         except Rejected as exc:
+            AUTH_FAILURES.inc()
             log.warning("client authentication failed: reason=%s iss=%s kid=%s jti=%s",
                         exc, _shown(context.get("iss")), _shown(context.get("kid")),
                         _shown(context.get("jti")))
@@ -161,7 +170,7 @@ class ClientVerifier:
         except PyJWTError as exc:
             raise Rejected(f"invalid token ({type(exc).__name__})") from None
 
-        expires_at = float(claims["exp"]) + self.leeway
+        expires_at = _number(claims, "exp", required=True) + self.leeway
         if not self.replay.first_use(client.iss, jti, expires_at, self.clock()):
             raise Rejected("replayed jti")
         return VerifiedClient(iss=client.iss, jti=jti, tenant=claims.get("tenant"))
@@ -201,6 +210,9 @@ class ClientAuthentication:
         self.settings = settings
         # Development mode (no configuration file) accepts unsigned calls on loopback.
         self.verifier = verifier or (None if settings.development else ClientVerifier(settings))
+        if self.verifier is not None and not settings.public_base_url:
+            log.warning("public_base_url is not set: the aud of client JWTs is checked against "
+                        "the Host header of each request; set it to the URL clients use")
 
     def __call__(self) -> None:
         g.client_iss = None

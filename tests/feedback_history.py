@@ -22,14 +22,15 @@ SERVICES = {
     "calciphylaxis-order-select": "order-select",
     "calciphylaxis-order-sign": "order-sign",
 }
-RULES = ("warfarin", "calcium_binder", "active_vitamin_d", "pth_high", "known_calciphylaxis")
+RULES = ("vitamin_k_antagonist", "calcium_binder", "active_vitamin_d", "high_pth",
+         "known_calciphylaxis")
 REASON_SYSTEM = "urn:calciphylaxis-cds:override-reason"
 REASONS = {"benefit-outweighs-risk": "Benefit outweighs calciphylaxis risk",
            "reviewed-by-nephrology": "Already reviewed with nephrology"}
 COMMENT_ONLY = "comment only"  # an override with a userComment and no reason Coding
 
 
-def shown_card(service_id: str = "calciphylaxis-order-sign", *, rules=("warfarin",),
+def shown_card(service_id: str = "calciphylaxis-order-sign", *, rules=("vitamin_k_antagonist",),
                suggestions: int = 2, issued_at: datetime | None = None,
                patient: str = "0123456789abcdef") -> ShownCard:
     return ShownCard(

@@ -90,7 +90,7 @@ def start_postgres() -> PostgresServer:
     if bin_dir is None:
         message = ("PostgreSQL binaries (initdb, pg_ctl) not found: "
                    "apt-get install -y postgresql")
-        if os.environ.get("CI"):
+        if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
             pytest.fail(f"CI must test against PostgreSQL: {message}", pytrace=False)
         pytest.skip(message)
     return PostgresServer(bin_dir)

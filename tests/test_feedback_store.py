@@ -11,6 +11,7 @@ import uuid
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
 
+import postgres_server
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
@@ -65,6 +66,16 @@ def closed_port_url() -> str:
     return f"postgresql://cds@127.0.0.1:{port}/cds"  # nothing listens there any more
 
 
+def test_without_postgresql_binaries_ci_fails_loudly_and_a_laptop_skips(monkeypatch):
+    monkeypatch.setattr(postgres_server, "postgres_bin", lambda: None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must test against PostgreSQL"):
+        postgres_server.start_postgres()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        postgres_server.start_postgres()
+
+
 # -- migrations -------------------------------------------------------------------------------
 def test_migrations_build_exactly_the_tables_of_the_schema(store):
     with store.engine.connect() as connection:
@@ -100,7 +111,7 @@ def test_default_sqlite_file_is_in_wal_mode(tmp_path):
 
 # -- the record of shown cards ----------------------------------------------------------------
 def test_a_card_recorded_twice_is_stored_once(store):
-    card = shown_card(rules=("warfarin", "known_calciphylaxis"))
+    card = shown_card(rules=("vitamin_k_antagonist", "known_calciphylaxis"))
     store.record_shown([card])
     store.record_shown([card])  # a batch retried after a lost commit acknowledgement
     assert store.count(issued_card) == 1
@@ -142,7 +153,7 @@ def test_record_key_is_made_once_and_kept_in_the_instance_folder(tmp_path):
 def test_recorder_writes_many_cards_in_batches(store):
     recorder = CardRecorder(store, KEY, batch_size=50)
     for _ in range(300):
-        recorder(hook_result([(order_card(), ("warfarin",))]))
+        recorder(hook_result([(order_card(), ("vitamin_k_antagonist",))]))
     assert recorder.flush(30)
     recorder.close()
     assert store.count(issued_card) == 300
@@ -156,7 +167,7 @@ def test_recorder_with_the_store_down_drops_and_counts_and_logs_no_phi(caplog):
     card = order_card()
     started = time.perf_counter()
     for _ in range(40):
-        recorder(hook_result([(card, ("warfarin",))]))
+        recorder(hook_result([(card, ("vitamin_k_antagonist",))]))
     elapsed = time.perf_counter() - started
     time.sleep(0.5)  # let the writer fail at least once
     recorder.close(timeout=0.5)
@@ -174,7 +185,7 @@ def test_recorder_writes_what_waited_once_the_database_is_there(postgres):
     name = f"late_{uuid.uuid4().hex[:8]}"
     store = FeedbackStore(f"{postgres.base}/{name}")
     recorder = CardRecorder(store, KEY, max_backoff_seconds=0.2)
-    recorder(hook_result([(order_card(), ("warfarin",))]))
+    recorder(hook_result([(order_card(), ("vitamin_k_antagonist",))]))
     time.sleep(0.3)
     assert recorder.written == 0
     with postgres._admin() as admin:
@@ -194,7 +205,7 @@ def test_parallel_feedback_from_threads_and_processes_is_stored_exactly_once(sto
     """Two processes (each an app, like two gunicorn workers) with four threads each post every
     report, in different orders and batches: each report must be stored once, none lost."""
     service_id = "calciphylaxis-order-sign"
-    cards = [shown_card(service_id) for _ in range(30)]
+    cards = [shown_card(service_id) for _ in range(60)]
     store.record_shown(cards)
     at = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
     entries = []
@@ -216,9 +227,8 @@ def test_parallel_feedback_from_threads_and_processes_is_stored_exactly_once(sto
         futures = [pool.submit(post_feedback, store.url, str(tmp_path / f"instance{n}"),
                                service_id, entries, 4, n) for n in range(2)]
         results = [future.result(timeout=300) for future in futures]
-    statuses = {k: sum(r.get(k, 0) for r in results) for r in results for k in r
-                if k.startswith("status_")}
-    assert set(statuses) == {"status_200"}, statuses
+    statuses = {key for result in results for key in result if key.startswith("status_")}
+    assert statuses == {"status_200"}, results
     assert sum(r["stored"] for r in results) == len(entries)  # each stored by exactly one post
     assert sum(r["duplicates"] for r in results) == len(entries)
     assert store.count(card_feedback) == len(entries)

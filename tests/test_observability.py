@@ -21,6 +21,8 @@ def _metric(client, name: str, **labels) -> float:
     """The value of one sample in the /metrics text (0 when absent)."""
     text = client.get("/metrics").get_data(as_text=True)
     for line in text.splitlines():
+        if not labels and line.startswith(f"{name} "):
+            return float(line.rsplit(" ", 1)[1])
         if line.startswith(f"{name}{{") and line.split("}")[0].count("=") == len(labels):
             present = dict(part.split("=", 1) for part in line[len(name) + 1:].split("}")[0]
                            .split(","))
@@ -111,3 +113,15 @@ def test_json_log_lines_are_json(capsys):
         assert record["message"] == "hook x status=200" and record["level"] == "INFO"
     finally:
         root.handlers[:], root.level = saved
+
+
+def test_authentication_failures_are_counted(tmp_path):
+    from cds_service.app import create_app
+    from cds_service.config import Settings, TrustedClient
+
+    settings = Settings(development=False, instance_dir=tmp_path, clients=(TrustedClient(
+        iss="https://ehr.example.org", jwks={"keys": []}),))
+    client = create_app(settings).test_client()
+    before = _metric(client, "cds_auth_failures_total")
+    assert client.get("/cds-services").status_code == 401
+    assert _metric(client, "cds_auth_failures_total") == before + 1

@@ -23,11 +23,14 @@ from click.testing import CliRunner
 from conftest import ANCHOR, FIXTURES
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from cds_service.app import create_app
 from cds_service.cli import main
 from cds_service.config import ConfigError, Settings, TrustedClient, load_settings
+from cds_service.errors import AuthenticationRequired
 from cds_service.jwks import KeyNotFound, KeySets
 from cds_service.replay import ReplayCache
 from cds_service.security import ClientAuthentication
@@ -644,3 +647,53 @@ def test_keys_for_another_client_lists_the_saved_keys(tmp_path):
                     "tenant": "org-1", "fhir_servers": ["https://fhir.example.org/r4"]}
     assert "kid=epic-2024 RSA" in result.output
     assert "jku" in result.output  # tells the operator what to do if tokens carry one
+
+
+# --- hostile tokens ----------------------------------------------------------------------------
+
+def _signed_raw(payload_text: str) -> str:
+    """An ES384 token signed by a trusted key over payload text json.dumps could not produce."""
+    header = b64(json.dumps({"alg": "ES384", "typ": "JWT", "kid": "ec-1"}).encode())
+    signing_input = f"{header}.{b64(payload_text.encode())}"
+    signature = jwt.get_algorithm_by_name("ES384").sign(signing_input.encode(), Keys.ec384)
+    return f"{signing_input}.{b64(signature)}"
+
+
+@pytest.mark.parametrize("exp", ["NaN", "Infinity", "-Infinity", "1e999", "1" + "0" * 400])
+def test_non_finite_or_overflowing_times_are_refused_even_when_signed(exp, client, refusal):
+    now = int(time.time())
+    payload = (f'{{"iss": "{EHR}", "aud": "{BASE + DISCOVERY}", "iat": {now}, "exp": {exp}, '
+               f'"jti": "{uuid.uuid4()}"}}')
+    response = client.get(DISCOVERY, headers=bearer(_signed_raw(payload)))
+    assert response.status_code == 401
+    assert response.get_data() == refusal
+
+
+JSON_JUNK = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
+                                                                  max_size=3), max_leaves=8)
+HEADERS = st.fixed_dictionaries({}, optional={
+    "alg": st.sampled_from(["ES384", "RS384", "none", "HS256", "ES256"]) | JSON_JUNK,
+    "kid": st.sampled_from(["ec-1", "rsa-1", ""]) | JSON_JUNK,
+    "jku": st.sampled_from([SANDBOX_JKU, "http://127.0.0.1:1/"]) | JSON_JUNK,
+    "crit": JSON_JUNK, "b64": JSON_JUNK, "typ": JSON_JUNK})
+CLAIMS = st.fixed_dictionaries({}, optional={
+    "iss": st.sampled_from([EHR, SANDBOX, TENANTED]) | JSON_JUNK,
+    "aud": st.just(BASE + DISCOVERY) | JSON_JUNK,
+    "exp": st.integers() | JSON_JUNK, "iat": st.integers() | JSON_JUNK,
+    "nbf": JSON_JUNK, "jti": st.text(max_size=8) | JSON_JUNK, "tenant": JSON_JUNK})
+
+
+@settings(max_examples=150, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(header=HEADERS | JSON_JUNK, claims=CLAIMS | JSON_JUNK,
+       signature=st.binary(max_size=120), raw=st.text(max_size=40))
+def test_forged_or_junk_tokens_are_always_a_clean_refusal(secured_app, header, claims,
+                                                          signature, raw):
+    verifier = auth_of(secured_app).verifier
+    forged = ".".join([b64(json.dumps(header).encode()), b64(json.dumps(claims).encode()),
+                       b64(signature)])
+    for authorization in (f"Bearer {forged}", f"Bearer {raw}", raw):
+        with pytest.raises(AuthenticationRequired):
+            verifier.verify(authorization, BASE + DISCOVERY)

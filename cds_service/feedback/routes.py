@@ -7,6 +7,7 @@ from datetime import datetime
 
 import orjson
 from flask import Blueprint, Response, g
+from prometheus_client import Counter
 
 from ..errors import UnknownService
 from ..services import SERVICES
@@ -14,6 +15,9 @@ from .recorder import CardRecorder
 from .store import FeedbackStore
 from .submit import submit_feedback
 from .validation import FeedbackInvalid, parse_feedback
+
+FEEDBACK = Counter("cds_feedback_reports_total", "Feedback reports received",
+                   ["service", "result"])  # stored | duplicate | invalid (per request)
 
 
 def _json(body: object, status: int = 200) -> Response:
@@ -32,8 +36,14 @@ def feedback_blueprint(store: FeedbackStore, recorder: CardRecorder | None,
             raise UnknownService(f"no CDS service '{service_id}'; see GET /cds-services")
         now = clock()
         entries = parse_feedback(_decode_json_body(), now)
-        result = submit_feedback(store, recorder, service_id, entries,
-                                 client_iss=g.get("client_iss"), received_at=now)
+        try:
+            result = submit_feedback(store, recorder, service_id, entries,
+                                     client_iss=g.get("client_iss"), received_at=now)
+        except FeedbackInvalid:
+            FEEDBACK.labels(service_id, "invalid").inc()
+            raise
+        FEEDBACK.labels(service_id, "stored").inc(result.stored)
+        FEEDBACK.labels(service_id, "duplicate").inc(result.duplicates)
         return _json({"stored": result.stored, "duplicates": result.duplicates})
 
     @blueprint.errorhandler(FeedbackInvalid)

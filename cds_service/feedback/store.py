@@ -139,15 +139,28 @@ class FeedbackStore:
         """`alembic upgrade head` on this database; safe when several processes start at once."""
         from alembic import command
         from alembic.config import Config
+        from alembic.migration import MigrationContext
 
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
+        # Alembic's INFO lines are for its own command line; we log one line when it upgrades.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
         with self.write() as connection:
             if self.dialect == "postgresql":
                 connection.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"),
                                    {"id": _MIGRATION_LOCK_ID})
             config.attributes["connection"] = connection
+
+            def revision() -> str | None:
+                return MigrationContext.configure(connection, opts={
+                    "version_table": VERSION_TABLE}).get_current_revision()
+
+            before = revision()
             command.upgrade(config, "head")
+            after = revision()
+        if before != after:
+            log.info("feedback store %s migrated from %s to %s", self.display_url(),
+                     before or "empty", after)
         self._ready = True
 
     def ensure_ready(self) -> None:
@@ -206,23 +219,24 @@ class FeedbackStore:
                     issued_suggestion, ["card_uuid", "suggestion_uuid"]), suggestions)
 
     def known_cards(self, connection: Connection, uuids: Iterable[str]) -> dict[str, KnownCard]:
+        # One statement, so one snapshot: under READ COMMITTED two queries could see a card
+        # whose suggestions (committed with it) the earlier query did not yet see.
         uuids = sorted(set(uuids))
-        cards: dict[str, KnownCard] = {}
         if not uuids:
-            return cards
-        suggestions: dict[str, set[str]] = {u: set() for u in uuids}
-        for card_uuid, suggestion in connection.execute(
-                sa.select(issued_suggestion.c.card_uuid, issued_suggestion.c.suggestion_uuid)
-                .where(issued_suggestion.c.card_uuid.in_(uuids))):
-            suggestions[card_uuid].add(suggestion)
-        for row in connection.execute(
-                sa.select(issued_card.c.card_uuid, issued_card.c.service_id,
-                          issued_card.c.selection_behavior)
-                .where(issued_card.c.card_uuid.in_(uuids))):
-            cards[row.card_uuid] = KnownCard(row.card_uuid, row.service_id,
-                                             row.selection_behavior,
-                                             frozenset(suggestions[row.card_uuid]))
-        return cards
+            return {}
+        rows = connection.execute(
+            sa.select(issued_card.c.card_uuid, issued_card.c.service_id,
+                      issued_card.c.selection_behavior, issued_suggestion.c.suggestion_uuid)
+            .select_from(issued_card.outerjoin(
+                issued_suggestion, issued_suggestion.c.card_uuid == issued_card.c.card_uuid))
+            .where(issued_card.c.card_uuid.in_(uuids))).all()
+        suggestions: dict[str, set[str]] = {}
+        for row in rows:
+            found = suggestions.setdefault(row.card_uuid, set())
+            if row.suggestion_uuid is not None:
+                found.add(row.suggestion_uuid)
+        return {row.card_uuid: KnownCard(row.card_uuid, row.service_id, row.selection_behavior,
+                                         frozenset(suggestions[row.card_uuid])) for row in rows}
 
     # -- feedback --------------------------------------------------------------------------
     def insert_feedback(self, connection: Connection, rows: Sequence[dict]) -> int:

@@ -30,8 +30,9 @@ def submit_feedback(store: FeedbackStore, recorder: CardRecorder | None, service
             return _store(store, service_id, entries, client_iss, received_at)
         except FeedbackInvalid as invalid:
             # A card shown a moment ago may still be on its way to the store from this
-            # process's queue: wait for it once before calling the card unknown.
-            if not (invalid.unknown_cards and recorder is not None and recorder.pending()):
+            # process's queue (or was committed just after our read): wait for the queue and
+            # look once more before calling the card unknown.
+            if not (invalid.unknown_cards and recorder is not None):
                 raise
             recorder.flush(FLUSH_WAIT_SECONDS)
             return _store(store, service_id, entries, client_iss, received_at)

@@ -144,11 +144,11 @@ def _parse_entry(index: int, entry: Any, now: datetime,
         else:
             accepted = _accepted_suggestions(suggestions, f"{where}.acceptedSuggestions",
                                              problems)
-    elif suggestions not in (None, []):
+    elif outcome == "overridden" and suggestions not in (None, []):
         problems.append(Problem(f"{where}.acceptedSuggestions",
                                 "is only for an accepted outcome"))
     reason: dict[str, str | None] = {}
-    if (override := entry.get("overrideReason")) is not None:
+    if (override := entry.get("overrideReason")) is not None and outcome in OUTCOMES:
         if outcome == "accepted":
             problems.append(Problem(f"{where}.overrideReason", "is only for an overridden "
                                                                "outcome"))
