@@ -180,6 +180,55 @@ def test_recorder_with_the_store_down_drops_and_counts_and_logs_no_phi(caplog):
         assert secret not in caplog.text
 
 
+def _record_in_child(recorder: CardRecorder, result: HookResult, results) -> None:
+    recorder(result)
+    results.put(recorder.flush(20))
+
+
+def test_a_recorder_used_before_a_fork_records_in_the_child_too(store):
+    """Threads and pooled connections do not survive a fork: the child starts its own."""
+    recorder = CardRecorder(store, KEY)
+    recorder(hook_result([(order_card(), ("vitamin_k_antagonist",))]))
+    assert recorder.flush(10)
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=_record_in_child, args=(
+        recorder, hook_result([(order_card(), ("calcium_binder",))]), results))
+    child.start()
+    assert results.get(timeout=60) is True
+    child.join(30)
+    recorder.close()
+    assert store.count(issued_card) == 2
+
+
+def test_a_fork_waits_until_the_writer_is_out_of_the_database():
+    """A child forked mid-write would inherit SQLite's or libpq's locks held for ever."""
+    import os
+    import threading
+
+    inside, leave = threading.Event(), threading.Event()
+
+    class SlowStore:
+        def ensure_ready(self) -> None:
+            pass
+
+        def record_shown(self, batch) -> None:
+            inside.set()
+            leave.wait(5)
+
+    recorder = CardRecorder(SlowStore(), KEY, linger_seconds=0)
+    recorder(hook_result([(order_card(), ("vitamin_k_antagonist",))]))
+    assert inside.wait(5)
+    threading.Timer(0.3, leave.set).start()
+    started = time.monotonic()
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    os.waitpid(child, 0)
+    assert time.monotonic() - started >= 0.25  # the fork happened after the write
+    recorder.close()
+
+
 def test_recorder_writes_what_waited_once_the_database_is_there(postgres):
     """PostgreSQL only: the database appears after the service started."""
     name = f"late_{uuid.uuid4().hex[:8]}"

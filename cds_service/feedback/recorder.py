@@ -18,6 +18,7 @@ import queue
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +36,29 @@ RECORD_KEY_FILE = "record-hash.key"
 RECORDS = Counter("cds_card_records_total", "Records of shown cards, by what became of them",
                   ["result"])  # written | dropped (queue full) | rejected (refused by the store)
 _LOG_EVERY_SECONDS = 60.0
+
+# A fork while a writer thread is inside SQLite or libpq would leave their internal locks held
+# in the child for ever. Each writer holds its recorder's I/O lock while it talks to the store;
+# a fork waits for those locks. (gunicorn forks from a master that never starts a writer, so
+# this matters for other forking code: multiprocessing, tests.)
+_recorders: weakref.WeakSet[CardRecorder] = weakref.WeakSet()
+_held_over_fork: list[threading.Lock] = []
+
+
+def _before_fork() -> None:
+    _held_over_fork[:] = [recorder._io_lock for recorder in list(_recorders)]
+    for lock in _held_over_fork:
+        lock.acquire()
+
+
+def _after_fork() -> None:
+    for lock in _held_over_fork:
+        lock.release()
+    _held_over_fork.clear()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork,
+                    after_in_child=_after_fork)
 
 
 def record_hash_key(configured: bytes | None, instance_dir: Path) -> bytes:
@@ -71,6 +95,8 @@ class CardRecorder:
         self._linger = linger_seconds
         self._max_backoff = max_backoff_seconds
         self._wake = threading.Event()  # write now: flush(), close() or a full batch waiting
+        self._io_lock = threading.Lock()  # held while the writer talks to the store
+        _recorders.add(self)
         self.dropped = 0  # records lost because the queue was full
         self.rejected = 0  # records the database refused (a bug, not an outage)
         self.written = 0
@@ -117,8 +143,9 @@ class CardRecorder:
         with self._start_lock:
             if self._pid == os.getpid():
                 return
-            if self._pid != -1:
-                self._queue = queue.Queue(self._capacity)  # the parent's may hold a lock
+            if self._pid != -1:  # forked: the parent's queue and events may hold a lock
+                self._queue = queue.Queue(self._capacity)
+                self._wake, self._stop = threading.Event(), threading.Event()
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="card-recorder", daemon=True)
             self._thread.start()
@@ -139,13 +166,17 @@ class CardRecorder:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            while not self._write(batch):
+            while not self._write_locked(batch):
                 if self._stop.wait(backoff):
                     return
                 backoff = min(backoff * 2, self._max_backoff)
             backoff = 0.5
             for _ in batch:
                 self._queue.task_done()
+
+    def _write_locked(self, batch: list[ShownCard]) -> bool:
+        with self._io_lock:
+            return self._write(batch)
 
     def _write(self, batch: list[ShownCard]) -> bool:
         """True when the batch is done with (written, or refused for good); False to retry."""
