@@ -13,7 +13,6 @@ from datetime import datetime, timedelta
 from .knowledge import Factor, Knowledge, Substitute
 from .record import ConditionEntry, LabResult, Medication, PatientRecord, ProcedureEntry
 
-ACTIVE_CLINICAL_STATUSES = frozenset({"active", "recurrence", "relapse"})
 # Clock skew tolerated for results and procedures dated slightly in the future.
 FUTURE_SKEW = timedelta(hours=1)
 
@@ -81,15 +80,17 @@ class Assessment:
         return any(f.factor.culprit_drug for f in self.findings)
 
 
-def _condition_active(condition: ConditionEntry) -> bool:
+def _condition_active(condition: ConditionEntry, knowledge: Knowledge) -> bool:
     if condition.clinical_status is None:
         # US Core requires clinicalStatus; without it, an unabated diagnosis is taken as current.
         return not condition.abated
-    return condition.clinical_status in ACTIVE_CLINICAL_STATUSES
+    return condition.clinical_status in knowledge.statuses.condition_active
 
 
-def _active_with(record: PatientRecord, concept: str) -> list[ConditionEntry]:
-    return [c for c in record.conditions if concept in c.concepts and _condition_active(c)]
+def _active_with(record: PatientRecord, knowledge: Knowledge,
+                 concept: str) -> list[ConditionEntry]:
+    return [c for c in record.conditions
+            if concept in c.concepts and _condition_active(c, knowledge)]
 
 
 def _scope(record: PatientRecord, knowledge: Knowledge, now: datetime):
@@ -101,12 +102,12 @@ def _scope(record: PatientRecord, knowledge: Knowledge, now: datetime):
         (p for p in record.procedures
          if p.concept == "dialysis" and p.performed and since <= p.performed <= now + FUTURE_SKEW),
         key=lambda p: p.performed, reverse=True)
-    esrd = _active_with(record, "esrd_on_dialysis")
+    esrd = _active_with(record, knowledge, "esrd_on_dialysis")
     if recent:
         return True, "dialysis", tuple(esrd[:1]) + (recent[0],)
-    if _active_with(record, "kidney_transplant"):
+    if _active_with(record, knowledge, "kidney_transplant"):
         return False, "kidney transplant without dialysis in the last 90 days", ()
-    if _active_with(record, "esrd_untreated"):
+    if _active_with(record, knowledge, "esrd_untreated"):
         return False, "ESRD not treated by dialysis", ()
     if esrd:
         return True, "diagnosis", tuple(esrd[:1])
@@ -177,7 +178,8 @@ def _findings(record: PatientRecord, knowledge: Knowledge, now: datetime,
             if found:
                 evidence += found.evidence
         if factor.condition:
-            evidence += [Evidence(condition=c) for c in _active_with(record, factor.condition)]
+            evidence += [Evidence(condition=c)
+                         for c in _active_with(record, knowledge, factor.condition)]
         if factor.sex and record.sex == factor.sex:
             evidence.append(Evidence(sex=record.sex))
         if evidence:
@@ -219,7 +221,7 @@ def assess(record: PatientRecord, knowledge: Knowledge, now: datetime,
         return Assessment(in_scope=False, scope_reason=reason)
     notes: list[LabNote] = []
     findings, pth_overdue = _findings(record, knowledge, now, notes)
-    calciphylaxis = _active_with(record, "calciphylaxis")
+    calciphylaxis = _active_with(record, knowledge, "calciphylaxis")
     return Assessment(
         in_scope=True,
         scope_reason=reason,

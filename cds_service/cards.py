@@ -38,6 +38,25 @@ def _markdown_escape(value: Any) -> Any:
     return _MARKDOWN_SPECIAL.sub(r"\\\1", value)
 
 
+def _join(items, separator: str = "") -> str:
+    """Jinja's join, keeping already-rendered Markdown from being escaped twice."""
+    items = list(items)
+    if all(isinstance(i, Rendered) for i in items):
+        return Rendered(separator.join(items))
+    return separator.join(str(_markdown_escape(i)) for i in items)
+
+
+def _tidy(markdown: str) -> str:
+    """A blank line after every list and between blocks, whatever the template's whitespace."""
+    lines: list[str] = []
+    for line in markdown.strip().splitlines():
+        if lines and line and not line.startswith("- ") and lines[-1].startswith("- "):
+            lines.append("")
+        if line or (lines and lines[-1]):
+            lines.append(line)
+    return "\n".join(lines)
+
+
 def _number(value: float) -> str:
     """Few enough digits for a clinician: 1603, 10.8, 3.05."""
     if abs(value) >= 100:
@@ -86,8 +105,9 @@ class CardTemplates:
             raise TemplateError(f"cannot read {path}: {exc}") from exc
         options = dict(undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                        autoescape=False)
-        return cls(spec, SandboxedEnvironment(**options),
-                   SandboxedEnvironment(finalize=_markdown_escape, **options))
+        markdown = SandboxedEnvironment(finalize=_markdown_escape, **options)
+        markdown.filters["join"] = _join
+        return cls(spec, SandboxedEnvironment(**options), markdown)
 
     def plain_text(self, *keys: str):
         return self.plain.from_string(self._get(keys))
@@ -147,6 +167,7 @@ class CardWriter:
                     and definition.units.get(lab.reported_unit) != 1.0,
                     date=_date(lab.effective), threshold=_number(ev.threshold),
                     comparison=comparison, uln=_number(ev.uln) if ev.uln else "",
+                    uln_multiple=_number(factor.uln_multiple) if factor.uln_multiple else "",
                     uln_from_assay=ev.uln_from_assay)
 
     def _line(self, ev: Evidence) -> Rendered | None:
@@ -207,7 +228,7 @@ class CardWriter:
         return text[: SUMMARY_LIMIT - 1].rstrip() + "…"
 
     def _detail(self, body: str) -> str:
-        return f"{body.strip()}\n\n{self.footer}"
+        return f"{_tidy(body)}\n\n{self.footer}"
 
     def _card(self, rules, summary: str, indicator: str, detail: str,
               suggestions=None) -> IssuedCard:

@@ -26,13 +26,6 @@ from .record import (
 )
 
 UCUM = "http://unitsofmeasure.org"
-CURRENT_REQUEST_STATUSES = frozenset({"active", "on-hold"})
-CURRENT_STATEMENT_STATUSES = frozenset({"active"})
-# Draft orders: anything not already ended counts as an order being placed.
-DRAFT_ORDER_STATUSES = frozenset({"draft", "active", "on-hold", "unknown"})
-RESULT_STATUSES = frozenset({"final", "amended", "corrected"})
-PROCEDURE_STATUSES = frozenset({"completed", "in-progress"})
-IGNORED_VERIFICATION = frozenset({"entered-in-error", "refuted"})
 _OLDEST = datetime(1, 1, 1, tzinfo=UTC)
 _FUTURE_SKEW = timedelta(hours=1)  # as the assessment's
 
@@ -63,6 +56,7 @@ class RecordBuilder:
 
     def __init__(self, knowledge: Knowledge, patient_id: str):
         self.knowledge = knowledge
+        self.statuses = knowledge.statuses
         self.patient_id = patient_id
         self.record = PatientRecord(patient_id=patient_id)
         self.medications_by_ref: dict[str, dict] = {}
@@ -144,7 +138,7 @@ class RecordBuilder:
         if condition is None:
             return
         verification = _status_code(condition.verificationStatus)
-        if verification in IGNORED_VERIFICATION:
+        if verification in self.statuses.condition_ignored_verification:
             return
         found_codings, text = _coded(condition.code), _text(condition.code)
         hits = self.knowledge.condition_index.match(found_codings, text)
@@ -165,7 +159,7 @@ class RecordBuilder:
         ))
 
     def _procedure(self, resource: dict) -> None:
-        if resource.get("status") not in PROCEDURE_STATUSES:
+        if resource.get("status") not in self.statuses.procedure:
             return
         if not self.knowledge.procedures["dialysis"].match(codings(resource.get("code")), ""):
             return
@@ -176,7 +170,7 @@ class RecordBuilder:
     def _read_procedure(self, resource: dict) -> bool:
         dialysis = self.knowledge.procedures["dialysis"]
         procedure = self._validated(resource)
-        if procedure is None or procedure.status not in PROCEDURE_STATUSES:
+        if procedure is None or procedure.status not in self.statuses.procedure:
             return False
         hit = dialysis.match(_coded(procedure.code), "")
         if hit is None:
@@ -192,7 +186,7 @@ class RecordBuilder:
     def _observation(self, resource: dict) -> None:
         lab_id = next((self.knowledge.lab_by_loinc[c] for s, c, _d in codings(resource.get("code"))
                        if s == "http://loinc.org" and c in self.knowledge.lab_by_loinc), None)
-        if lab_id is None or resource.get("status") not in RESULT_STATUSES:
+        if lab_id is None or resource.get("status") not in self.statuses.result:
             return
         when = (parse_instant(resource.get("effectiveDateTime"))
                 or raw_period_end(resource.get("effectivePeriod"))
@@ -328,7 +322,8 @@ class RecordBuilder:
         ))
 
     def _medication_request(self, resource: dict, draft: bool = False) -> None:
-        allowed = DRAFT_ORDER_STATUSES if draft else CURRENT_REQUEST_STATUSES
+        allowed = (self.statuses.draft_order if draft
+                   else self.statuses.current_medication_request)
         if resource.get("status") not in allowed:
             return
         request = self._validated(resource)
@@ -340,7 +335,7 @@ class RecordBuilder:
             date=as_utc(request.authoredOn), ends=as_utc(validity.end) if validity else None)
 
     def _medication_statement(self, resource: dict) -> None:
-        if resource.get("status") not in CURRENT_STATEMENT_STATUSES:
+        if resource.get("status") not in self.statuses.current_medication_statement:
             return
         statement = self._validated(resource)
         if statement is None:

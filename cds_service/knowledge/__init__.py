@@ -218,6 +218,19 @@ class Substitute:
 
 
 @dataclass(frozen=True)
+class Statuses:
+    """FHIR status codes that make a resource count."""
+
+    current_medication_request: frozenset[str]
+    current_medication_statement: frozenset[str]
+    draft_order: frozenset[str]
+    result: frozenset[str]
+    procedure: frozenset[str]
+    condition_active: frozenset[str]
+    condition_ignored_verification: frozenset[str]
+
+
+@dataclass(frozen=True)
 class Knowledge:
     version: str
     dialysis_recency_days: int
@@ -230,6 +243,7 @@ class Knowledge:
     unit_aliases: dict[str, str]
     factors: dict[str, Factor]  # in card order
     condition_index: ConceptIndex
+    statuses: Statuses
     substitutes: tuple[Substitute, ...]
     systems: dict[str, str] = field(repr=False)
 
@@ -347,6 +361,7 @@ def load_knowledge(directory: Path | None = None) -> Knowledge:
         unit_aliases={k.lower(): v for k, v in spec.get("unit_aliases", {}).items()},
         factors=factors,
         condition_index=ConceptIndex(conditions),
+        statuses=Statuses(**{k: frozenset(v) for k, v in spec["statuses"].items()}),
         substitutes=substitutes,
         systems=systems,
     )
