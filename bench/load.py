@@ -1,16 +1,17 @@
 """Load benchmark of the production server: latency, throughput and a soak run.
 
-    .venv/bin/python bench/load.py                 # make bench: the full comparison (~4 min)
+    .venv/bin/python bench/load.py                 # make bench: the full comparison (~3-5 min)
     .venv/bin/python bench/load.py --soak 300      # make soak: 5 minutes at a fixed rate
 
 The comparison starts `cds-service serve` (gunicorn sync workers) twice on a free loopback port:
 with 1 worker, where wrk sends one request at a time over 1 connection (one EHR: the per-call
-latency), then with 2 workers, where wrk keeps several connections busy from 2 threads (the
-capacity of the 2 cores). Each time it measures the baseline GET /cds-services, then
-patient-view and order-sign with 50, 250 and 2,000 prefetch resources (bench/requests_builder.py),
-and prints p50, p99 and req/s beside the baseline's as ratios. wrk does not read bodies, so
-every kind of request is first sent and checked from Python (HTTP 200 and the expected warning
-card), and checked again after its load; wrk's non-2xx and socket errors are counted too.
+latency), then with 2 workers, where wrk keeps 4 connections busy (the capacity of the 2 cores).
+Each time it measures the baseline GET /cds-services, then patient-view and order-sign with 50,
+250 and 2,000 prefetch resources (bench/requests_builder.py), and prints p50, p99 and req/s
+beside the baseline's, as ratios. Every kind of request is first sent and checked in full from
+Python (HTTP 200 and the expected warning card), then loaded with wrk, whose Lua script times
+and checks every answer (bench/wrk_runner.py), then checked again. The machine is shared: a run
+during which other processes used more than 10% of the CPU is repeated (--busy-retries).
 
 The soak starts the server with 2 workers and sends a fixed mix of all those requests at a fixed
 rate from a separate process (bench/fixed_rate.py) for the given time; it requires zero errors
@@ -42,6 +43,8 @@ from wrk_runner import WrkMissing, WrkResult, run_wrk, write_script, wrk_path, w
 
 VERIFY_BEFORE = 20  # checked requests before each load run (they also warm the worker up)
 VERIFY_AFTER = 3  # and after it: the server still answers right
+PERCENTILE_METHOD = "statistics.quantiles(n=100, method='inclusive')"
+BUSY_PCT = 10.0  # other processes' share of the CPU above which a run is tried again
 LARGE_SIZE = 1000  # runs at or above this size last twice as long (fewer, slower requests)
 REQUEST_TIMEOUT_S = 10.0
 SOAK_SAMPLES = 10  # RSS samples along the soak, besides start and end
@@ -62,22 +65,23 @@ TARGET_P50_MS, TARGET_P99_MS, TARGET_RPS, TARGET_LARGE_MS = 5.0, 20.0, 300.0, 50
 class Phase:
     title: str
     workers: int
-    threads: int
-    connections: int
+    connections: int  # and as many wrk threads: each times its one request in flight
 
 
 @dataclass
 class Row:
     case: Case
-    result: WrkResult
+    result: WrkResult  # the attempt kept: the one during which other processes used least CPU
     check_errors: int
     first_error: str | None
     answer: str
     cpu: CpuShare
+    attempts: int = 1
+    discarded_errors: int = 0  # wrk errors in the attempts not kept: they count too
 
     @property
     def errors(self) -> int:
-        return self.result.errors + self.check_errors
+        return self.result.errors + self.check_errors + self.discarded_errors
 
 
 # -- checking answers from Python ---------------------------------------------------------------
@@ -121,22 +125,30 @@ def run_phase(phase: Phase, cases: list[Case], args: argparse.Namespace, folder:
                 raise RuntimeError(f"{case.name}: every check failed; first: {first}\n"
                                    f"server log ends:\n{server.log_tail()}")
             seconds = args.duration * (2 if (case.resources or 0) >= LARGE_SIZE else 1)
-            script = write_script(folder, f"case{index}", case.method, case.body)
-            cpu = CpuShare(server)
-            result = run_wrk(server.base_url + case.path, script, phase.threads,
-                             phase.connections, seconds)
-            cpu.stop()
+            script = write_script(folder, f"case{index}", case.method, case.body, case.markers)
+            attempts: list[tuple[WrkResult, CpuShare]] = []
+            for _ in range(1 + args.busy_retries):  # bounded: again only if the machine was busy
+                cpu = CpuShare(server)
+                result = run_wrk(server.base_url + case.path, script, phase.connections, seconds)
+                cpu.stop()
+                attempts.append((result, cpu))
+                print(f"  {case.name}: {result.requests:,} requests in {result.duration_s:.1f} s,"
+                      f" {result.errors} wrk errors; CPU: server {cpu.server_pct:.0f}%, wrk "
+                      f"{cpu.bench_pct:.0f}%, other processes {cpu.others_pct:.0f}%; "
+                      f"{cpu.restarted} workers recycled", flush=True)
+                if cpu.others_pct <= BUSY_PCT:
+                    break
+            result, cpu = min(attempts, key=lambda attempt: attempt[1].others_pct)
             after, first_after, _ = verify(session, server.base_url, case, VERIFY_AFTER)
-            row = Row(case, result, errors + after, first or first_after, answer, cpu)
+            row = Row(case, result, errors + after, first or first_after, answer, cpu,
+                      len(attempts), sum(r.errors for r, _ in attempts) - result.errors)
             rows.append(row)
-            print(f"  {case.name}: {result.requests:,} requests in {result.duration_s:.1f} s, "
-                  f"{row.errors} errors; CPU: server {cpu.server_pct:.0f}%, wrk "
-                  f"{cpu.bench_pct:.0f}%, other processes {cpu.others_pct:.0f}%; "
-                  f"{cpu.restarted} workers recycled; "
-                  f"answer: {answer}", flush=True)
+            print(f"    kept the run with {cpu.others_pct:.0f}% other CPU; answer: {answer}",
+                  flush=True)
             if row.errors:
-                print(f"    first error: {row.first_error or 'wrk: ' + str(result.socket_errors)}"
-                      f" (status errors {result.status_errors})", flush=True)
+                print(f"    first error: {row.first_error or result.first_bad}; wrk saw "
+                      f"{result.bad_status} non-200, {result.bad_body} wrong bodies, socket "
+                      f"errors {result.socket_errors}", flush=True)
         if server.exited_badly or not server.alive():
             raise RuntimeError(f"the server died during the run; its log ends:\n"
                                f"{server.log_tail()}")
@@ -147,7 +159,8 @@ def print_table(rows: list[Row]) -> None:
     base = rows[0].result
     header = (f"{'request':<26} {'resources':>9} {'body KB':>8} {'requests':>8} {'p50 ms':>7} "
               f"{'p99 ms':>7} {'req/s':>7} {'p50 xbase':>9} {'p99 xbase':>9} "
-              f"{'req/s xbase':>11} {'errors':>6} {'other CPU':>9} {'recycled':>8}")
+              f"{'req/s xbase':>11} {'errors':>6} {'wrk p99':>7} {'other CPU':>9} "
+              f"{'recycled':>8} {'runs':>4}")
     print(header)
     print("-" * len(header))
     for row in rows:
@@ -157,8 +170,8 @@ def print_table(rows: list[Row]) -> None:
         print(f"{row.case.name:<26} {resources:>9} {body_kb:>8} {r.requests:>8,} "
               f"{r.p50_ms:>7.2f} {r.p99_ms:>7.2f} {r.req_per_s:>7.1f} "
               f"{r.p50_ms / base.p50_ms:>8.1f}x {r.p99_ms / base.p99_ms:>8.1f}x "
-              f"{r.req_per_s / base.req_per_s:>10.3f}x {row.errors:>6} "
-              f"{row.cpu.others_pct:>8.0f}% {row.cpu.restarted:>8}")
+              f"{r.req_per_s / base.req_per_s:>10.3f}x {row.errors:>6} {r.wrk_p99_ms:>7.2f} "
+              f"{row.cpu.others_pct:>8.0f}% {row.cpu.restarted:>8} {row.attempts:>4}")
 
 
 def print_targets(latency: list[Row], throughput: list[Row]) -> None:
@@ -192,30 +205,43 @@ def run_comparison(args: argparse.Namespace) -> int:
         return 1
     cases = [baseline_case(), *hook_cases(args.sizes)]
     print_header(cases, f"load generator: {wrk_version()}, {args.duration} s per run "
-                        f"({2 * args.duration} s from {LARGE_SIZE:,} resources)")
+                        f"({2 * args.duration} s from {LARGE_SIZE:,} resources), run again up "
+                        f"to {args.busy_retries} times when other processes took more than "
+                        f"{BUSY_PCT:g}% of the CPU")
     phases = [
         Phase("1. Per-call latency: 1 gunicorn sync worker; wrk --threads=1 --connections=1 "
-              "(one EHR, one call at a time)", 1, 1, 1),
-        Phase(f"2. Throughput: 2 gunicorn sync workers; wrk --threads=2 "
-              f"--connections={args.connections}", 2, 2, args.connections),
+              "(one EHR, one call at a time)", 1, 1),
+        Phase(f"2. Throughput: 2 gunicorn sync workers; wrk --threads={args.connections} "
+              f"--connections={args.connections}", 2, args.connections),
     ]
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-wrk-") as folder:
         for phase in phases:
             results.append(run_phase(phase, cases, args, Path(folder)))
 
-    print("\nwrk latency: from writing the request to reading the whole response (connection "
-          "set-up excluded; gunicorn sync workers close the connection after each answer). "
-          "p50/p99 from wrk's latency:percentile(); req/s = requests / run time. xbase = the "
-          "figure divided by the same figure of GET /cds-services in the same phase (same "
-          "server, same run). errors = wrk's non-2xx and socket errors + wrong answers among "
-          f"the {VERIFY_BEFORE} + {VERIFY_AFTER} checked requests around each run. wrk and the "
-          f"server share the machine's {os.cpu_count()} cores: in phase 2 wrk takes CPU "
-          "time from the workers. other CPU = CPU time of processes other than the server, "
-          "wrk and this script during the run, in % of all cores: above a few %, the machine "
-          "was not quiet and the row's figures are pessimistic. recycled = workers replaced "
-          "by gunicorn during the run (max_requests: after 10,000-11,000 requests each; the "
-          "fast baseline gets there within a run).")
+    print(f"""
+How to read the tables:
+- p50 ms, p99 ms: latency of each request, timed by wrk's Lua script from handing wrk the request
+  to the whole response read (connection set-up excluded: gunicorn's sync workers close the
+  connection after each answer and wrk reconnects), percentiles by {PERCENTILE_METHOD}.
+- wrk p99: wrk's own p99 (what --latency prints), which adds synthetic samples for requests slower
+  than twice the mean interval (its coordinated-omission correction): a rare stall weighs more.
+- req/s: requests / run time. xbase: the figure divided by the same figure of GET /cds-services
+  in the same phase (same server, same run).
+- errors: answers other than 200, bodies without the expected card (checked by the Lua script on
+  every response), socket errors, and wrong answers among the {VERIFY_BEFORE} + {VERIFY_AFTER} \
+requests
+  checked from Python (full JSON) around each run.
+- wrk and the server share the machine's {os.cpu_count()} cores: in phase 2 wrk's CPU time is \
+taken
+  from the workers. other CPU: CPU time of the processes other than the server, wrk and this
+  script during the run, in % of all cores; above a few %, the row's figures are pessimistic.
+- recycled: workers replaced by gunicorn during the run (max_requests, after 10,000-11,000
+  requests each; the fast baseline gets there within a run).
+- runs: a kind of request is run again (--busy-retries, {args.busy_retries}) when other \
+processes took
+  more than {BUSY_PCT:g}% of the CPU during its run; the run with the least is shown, errors of
+  every run count.""")
     for phase, rows in zip(phases, results, strict=True):
         print(f"\n{phase.title}\n")
         print_table(rows)
@@ -224,8 +250,9 @@ def run_comparison(args: argparse.Namespace) -> int:
     if failed:
         print("\nFAILED:", file=sys.stderr)
         for row in failed:
-            print(f"  {row.case.name}: {row.errors} errors; first: {row.first_error}; "
-                  f"wrk status errors {row.result.status_errors}, socket errors "
+            print(f"  {row.case.name}: {row.errors} errors; first: "
+                  f"{row.first_error or row.result.first_bad}; wrk saw {row.result.bad_status} "
+                  f"non-200, {row.result.bad_body} wrong bodies, socket errors "
                   f"{row.result.socket_errors}", file=sys.stderr)
         return 1
     print("\nno errors: every checked answer was 200 with the expected card; wrk saw no non-2xx "
@@ -395,6 +422,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=int, default=10, metavar="S",
                         help="seconds of wrk load per request kind and phase (doubled from "
                              f"{LARGE_SIZE:,} resources; default %(default)s)")
+    parser.add_argument("--busy-retries", type=int, default=2, metavar="N",
+                        help=f"run a kind of request again, up to N times, when other processes "
+                             f"used more than {BUSY_PCT:g}%% of the CPU during its run; the run "
+                             f"with the least is kept (default %(default)s)")
     parser.add_argument("--connections", type=int, default=4,
                         help="wrk connections in the throughput phase (default %(default)s)")
     parser.add_argument("--sizes", default=",".join(str(s) for s in DEFAULT_SIZES),
@@ -418,6 +449,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--sizes must be between 11 and 2071")
     if not 1 <= args.duration <= 600:
         parser.error("--duration must be 1 to 600 seconds")
+    if not 0 <= args.busy_retries <= 10:
+        parser.error("--busy-retries must be 0 to 10")
     if not 1 <= args.connections <= 256:
         parser.error("--connections must be 1 to 256")
     if args.soak is not None and not 10 <= args.soak <= 24 * 3600:

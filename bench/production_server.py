@@ -5,9 +5,12 @@
 
 It runs in its own session (a Ctrl-C in the terminal reaches only the benchmark, which stops the
 server in order), development mode (no config: loopback only), with its log in a temporary file
-(`log_tail()` for when something goes wrong) and its Prometheus multiprocess files in a
-temporary folder that is removed afterwards. Stopping is SIGTERM to the gunicorn master (a
-graceful stop of its workers), then SIGKILL after 15 s.
+(`log_tail()` for when something goes wrong). Its working directory is a temporary folder,
+removed afterwards: development mode keeps its `instance/` folder (the SQLite record of every
+card shown, the JWT replay cache) relative to it, so each run starts from an empty store and
+leaves the work tree's `instance/` alone; the Prometheus multiprocess files go there too.
+Stopping is SIGTERM to the gunicorn master (a graceful stop of its workers), then SIGKILL after
+15 s.
 """
 
 from __future__ import annotations
@@ -85,17 +88,20 @@ class ProductionServer:
         self.process: subprocess.Popen | None = None
         self.ready_s: float | None = None
         self._log = None
-        self._metrics_dir = None
+        self._work_dir = None
 
     def __enter__(self) -> ProductionServer:
         if port_in_use(self.port):
             raise RuntimeError(f"port {self.port} on {HOST} is already in use")
         self._log = tempfile.TemporaryFile(mode="w+b")
-        self._metrics_dir = tempfile.TemporaryDirectory(prefix="bench-cds-metrics-")
-        env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=self._metrics_dir.name)
+        self._work_dir = tempfile.TemporaryDirectory(prefix="bench-cds-serve-")
+        metrics_dir = Path(self._work_dir.name) / "metrics"
+        metrics_dir.mkdir()
+        env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
         try:
             self.process = subprocess.Popen(
-                self.command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=self._log,
+                self.command, cwd=self._work_dir.name, env=env, stdin=subprocess.DEVNULL,
+                stdout=self._log,
                 stderr=subprocess.STDOUT, start_new_session=True,
             )
             self.ready_s = self._wait_until_ready()
@@ -110,8 +116,8 @@ class ProductionServer:
         finally:
             if self._log is not None:
                 self._log.close()
-            if self._metrics_dir is not None:
-                self._metrics_dir.cleanup()
+            if self._work_dir is not None:
+                self._work_dir.cleanup()
 
     @property
     def master_pid(self) -> int:

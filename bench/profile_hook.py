@@ -37,6 +37,24 @@ ANCHOR = datetime.fromisoformat(
 WARMUP = 20
 
 
+class GcTimer:
+    """A gc.callbacks hook: how many collections of each generation, and how long they took."""
+
+    def __init__(self) -> None:
+        self.count: dict[int, int] = {}
+        self.total_ms = self.longest_ms = 0.0
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        took = (time.perf_counter() - self._started) * 1000
+        self.count[info["generation"]] = self.count.get(info["generation"], 0) + 1
+        self.total_ms += took
+        self.longest_ms = max(self.longest_ms, took)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hook", choices=HOOKS, default="patient-view")
@@ -63,11 +81,16 @@ def main(argv: list[str] | None = None) -> int:
 
         for _ in range(WARMUP):
             call()
+        collections = GcTimer()
+        gc.callbacks.append(collections)
         times = []
-        for _ in range(args.calls):
-            started = time.perf_counter()
-            call()
-            times.append((time.perf_counter() - started) * 1000)
+        try:
+            for _ in range(args.calls):
+                started = time.perf_counter()
+                call()
+                times.append((time.perf_counter() - started) * 1000)
+        finally:
+            gc.callbacks.remove(collections)
         profiler = cProfile.Profile()
         profiler.enable()
         for _ in range(args.calls):
@@ -80,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
           f"create_app; {WARMUP} warm-up calls")
     print(f"without the profiler, {args.calls} calls: p50 {cuts[49]:.2f} ms, p99 {cuts[98]:.2f} "
           f"ms, mean {statistics.fmean(times):.2f} ms")
+    per_generation = ", ".join(f"gen{g} {n}" for g, n in sorted(collections.count.items()))
+    print(f"garbage collection during those calls: {sum(collections.count.values())} collections"
+          f" ({per_generation or 'none'}), {collections.total_ms:.1f} ms in all, "
+          f"{collections.total_ms / args.calls:.2f} ms per call, longest "
+          f"{collections.longest_ms:.2f} ms")
     stats = pstats.Stats(profiler)
     total = sum(t for (_, _, t, _, _) in stats.stats.values())  # type: ignore[attr-defined]
     print(f"with cProfile, {args.calls} calls: {total / args.calls * 1000:.2f} ms of own time "

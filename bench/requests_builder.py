@@ -175,33 +175,41 @@ class Case:
     body: bytes = b""
     resources: int | None = None
     counts: Counter = field(default_factory=Counter)
+    # For a load generator that cannot parse JSON (wrk's Lua): (substring, n) pairs that a right
+    # answer's body holds exactly n times (-1: at least once). The service writes compact JSON.
+    markers: tuple[tuple[str, int], ...] = ()
 
     @property
     def hook(self) -> str | None:
         return None if self.method == "GET" else self.name.split()[1]
 
 
+ONE_WARNING_CARD = (('"indicator":', 1), ('"indicator":"warning"', 1))
+
+
 def baseline_case() -> Case:
-    return Case("GET /cds-services (base)", "GET", DISCOVERY_PATH, discovery_ok)
+    return Case("GET /cds-services (base)", "GET", DISCOVERY_PATH, discovery_ok,
+                markers=(('{"services":[{', 1),))
 
 
 def hook_cases(sizes: list[int] | tuple[int, ...], hooks: tuple[str, ...] = HOOKS) -> list[Case]:
     """patient-view and order-sign requests at each size, hook by hook, smallest first."""
     synthea = load_synthea_resources()
     references = {
-        "patient-view": (REFERENCE_REQUEST, SERVICE_PATH, one_warning_card),
-        "order-sign": (REFERENCE_ORDER_SIGN, ORDER_SIGN_PATH, one_warning_card_about(
-            ORDER_SIGN_DRUG)),
+        "patient-view": (REFERENCE_REQUEST, SERVICE_PATH, one_warning_card, ONE_WARNING_CARD),
+        "order-sign": (REFERENCE_ORDER_SIGN, ORDER_SIGN_PATH,
+                       one_warning_card_about(ORDER_SIGN_DRUG),
+                       (*ONE_WARNING_CARD, (ORDER_SIGN_DRUG, -1))),
     }
     cases = []
     for hook in hooks:
-        path, service_path, check = references[hook]
+        path, service_path, check, markers = references[hook]
         reference = json.loads(path.read_text(encoding="utf-8"))
         for size in sizes:
             body = padded_request(reference, synthea, size)
             counts = count_resources(body)
             cases.append(
                 Case(f"POST {hook} {size:,}", "POST", service_path, check,
-                     json.dumps(body).encode(), sum(counts.values()), counts)
+                     json.dumps(body).encode(), sum(counts.values()), counts, markers)
             )
     return cases

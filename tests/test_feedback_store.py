@@ -286,3 +286,16 @@ def test_parallel_feedback_from_threads_and_processes_is_stored_exactly_once(sto
                                               card_feedback.c.user_comment)).all()
     assert len(set(stored)) == len(entries)
     assert {row.card_uuid for row in stored} == {card.card_uuid for card in cards}
+
+
+def test_closing_the_recorder_does_not_wait_for_the_writers_poll(store):
+    """A worker recycled by gunicorn closes its recorder: that must not stall a request."""
+    import time
+
+    recorder = CardRecorder(store, KEY)
+    recorder(hook_result([(order_card(), ("calcium_binder",))]))
+    assert recorder.flush(10)
+    started = time.monotonic()
+    recorder.close()
+    assert time.monotonic() - started < 0.2
+    assert not recorder._thread.is_alive()

@@ -81,6 +81,10 @@ def record_hash_key(configured: bytes | None, instance_dir: Path) -> bytes:
     return path.read_bytes().strip()
 
 
+# Put on the queue by close() to wake the writer at once.
+_WAKE_UP = object()
+
+
 class CardRecorder:
     """Call it with each HookResult; `flush()` waits until what was queued is written."""
 
@@ -157,6 +161,9 @@ class CardRecorder:
             try:
                 first = self._queue.get(timeout=0.5)
             except queue.Empty:
+                continue
+            if first is _WAKE_UP:  # close(): stop now rather than at the next poll
+                self._queue.task_done()
                 continue
             self._wake.wait(self._linger)
             self._wake.clear()
@@ -246,6 +253,10 @@ class CardRecorder:
         self.flush(timeout)
         self._stop.set()
         self._wake.set()
+        try:  # a worker exiting (gunicorn max_requests) must not wait for the writer's poll
+            self._queue.put_nowait(_WAKE_UP)
+        except queue.Full:
+            pass
         if self._thread is not None and self._pid == os.getpid():
             self._thread.join(timeout)
 
