@@ -2,8 +2,8 @@
 
 The gunicorn workers of one host share it through one SQLite file (WAL mode): the UNIQUE key
 makes the database, not the workers, decide which of two simultaneous uses is first. Several
-hosts behind a load balancer need a shared store instead (PostgreSQL; a later issue), since each
-host's file only sees its own traffic.
+hosts behind a load balancer share the table in the configured database instead
+(shared_replay.py), since each host's file only sees its own traffic.
 """
 
 from __future__ import annotations

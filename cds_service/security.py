@@ -103,7 +103,7 @@ class ClientVerifier:
         self.leeway = settings.jwt_leeway_seconds
         self.keys = keys or KeySets(
             refetch_cooldown_seconds=settings.jwks_refetch_cooldown_seconds)
-        self.replay = replay or ReplayCache(Path(settings.instance_dir) / REPLAY_DB_NAME)
+        self.replay = replay or replay_cache(settings)
         self.clock = clock
         if not self.clients:
             log.warning("no trusted clients configured: every call will be refused (401)")
@@ -187,6 +187,19 @@ class ClientVerifier:
             raise Rejected("issued in the future")
         if nbf is not None and nbf > now + self.leeway:
             raise Rejected("not yet valid")
+
+
+def replay_cache(settings: Settings):
+    """The host's SQLite cache, or, with a database configured, the cache all hosts share."""
+    local = ReplayCache(Path(settings.instance_dir) / REPLAY_DB_NAME)
+    if not settings.database_url:
+        return local
+    from .feedback.store import FeedbackStore
+    from .shared_replay import SharedReplayCache
+
+    store = FeedbackStore(settings.database_url)
+    store.dispose()  # built before gunicorn forks: let no pooled connection be inherited
+    return SharedReplayCache(store, fallback=local)
 
 
 def expected_audience(settings: Settings) -> str:

@@ -697,3 +697,20 @@ def test_forged_or_junk_tokens_are_always_a_clean_refusal(secured_app, header, c
     for authorization in (f"Bearer {forged}", f"Bearer {raw}", raw):
         with pytest.raises(AuthenticationRequired):
             verifier.verify(authorization, BASE + DISCOVERY)
+
+
+def test_a_token_used_on_one_host_is_refused_on_another_sharing_the_database(tmp_path):
+    """Two replicas (own instance folders) with one configured database share the replay
+    cache: a token replayed against the other replica is refused."""
+    shared = f'database_url = "sqlite:///{tmp_path / "shared.sqlite3"}"'
+    replicas = []
+    for name in ("replica-a", "replica-b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        app = create_app(load_settings(write_config(folder, CLIENTS, top=shared)),
+                         clock=lambda: ANCHOR)
+        replicas.append(app.test_client())
+    value = token()
+    assert replicas[0].get(DISCOVERY, headers=bearer(value)).status_code == 200
+    assert replicas[1].get(DISCOVERY, headers=bearer(value)).status_code == 401
+    assert replicas[1].get(DISCOVERY, headers=bearer(token())).status_code == 200

@@ -86,3 +86,11 @@ card_feedback = sa.Table(
     sa.Column("received_at", UTCDateTime(), nullable=False),
     sa.Index("ix_card_feedback_card_uuid", "card_uuid"),
 )
+
+# The JWT replay cache shared by several hosts (see cds_service/shared_replay.py).
+seen_jti = sa.Table(
+    "seen_jti", metadata,
+    sa.Column("iss", sa.String(512), primary_key=True),
+    sa.Column("jti", sa.String(512), primary_key=True),
+    sa.Column("expires_at", sa.Float(), nullable=False, index=True),
+)
