@@ -29,7 +29,7 @@ from .knowledge import load_knowledge
 from .openapi import blueprint as openapi_blueprint
 from .privacy import pseudonym
 from .security import client_authentication
-from .services import SERVICES
+from .services import SERVICES, prefetch_templates
 from .warmup import warm_up
 
 log = logging.getLogger("cds_service")
@@ -78,6 +78,8 @@ def create_app(settings: Settings | None = None, *,
     engine = HookEngine(knowledge, writer, FhirFetcher(settings, knowledge),
                         settings.fhir_deadline_seconds)
     app.extensions["hook_engine"] = engine
+    templates = prefetch_templates(knowledge)
+    discovery_document = {"services": [s.discovery(templates) for s in SERVICES.values()]}
     # Callables given each HookResult after a successful call (e.g. the record of shown cards).
     app.extensions["cards_issued_listeners"] = []
     CORS(app, origins=list(settings.cors_origins), methods=["GET", "POST", "OPTIONS"],
@@ -95,7 +97,7 @@ def create_app(settings: Settings | None = None, *,
 
     @app.get("/cds-services")
     def discovery():
-        return _json({"services": [s.discovery() for s in SERVICES.values()]})
+        return _json(discovery_document)
 
     @app.post("/cds-services/<service_id>")
     def call_service(service_id: str):

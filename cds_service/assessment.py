@@ -11,7 +11,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from .knowledge import Factor, Knowledge, Substitute
-from .record import ConditionEntry, LabResult, Medication, PatientRecord, ProcedureEntry
+from .record import (
+    UNRESOLVED_MEDICATION,
+    ConditionEntry,
+    LabResult,
+    Medication,
+    PatientRecord,
+    ProcedureEntry,
+)
 
 # Clock skew tolerated for results and procedures dated slightly in the future.
 FUTURE_SKEW = timedelta(hours=1)
@@ -66,6 +73,8 @@ class Assessment:
     pth_overdue: bool = False
     lab_notes: list[LabNote] = field(default_factory=list)
     not_counted: list[Medication] = field(default_factory=list)
+    # Current orders whose medicine could not be read: said on the card, never guessed.
+    unresolved_orders: int = 0
 
     @property
     def firing(self) -> list[Finding]:
@@ -105,12 +114,14 @@ def _scope(record: PatientRecord, knowledge: Knowledge, now: datetime):
     esrd = _active_with(record, knowledge, "esrd_on_dialysis")
     if recent:
         return True, "dialysis", tuple(esrd[:1]) + (recent[0],)
-    if _active_with(record, knowledge, "kidney_transplant"):
-        return False, "kidney transplant without dialysis in the last 90 days", ()
     if _active_with(record, knowledge, "esrd_untreated"):
         return False, "ESRD not treated by dialysis", ()
     if esrd:
+        # An active ESRD or dialysis-dependence diagnosis keeps a transplant recipient in scope
+        # (a failed graft, back on dialysis; many EHRs record no dialysis Procedures).
         return True, "diagnosis", tuple(esrd[:1])
+    if _active_with(record, knowledge, "kidney_transplant"):
+        return False, "kidney transplant, ESRD not active, no dialysis in the last 90 days", ()
     return False, "not on maintenance dialysis", ()
 
 
@@ -148,6 +159,10 @@ def _lab_finding(factor: Factor, record: PatientRecord, knowledge: Knowledge, no
     elif factor.above is not None:
         threshold = factor.above
         fires = value > threshold and comparator not in ("<", "<=")
+        if latest.reported_unit in factor.above_in_unit:
+            # The limit as published in the unit reported: no conversion rounding at the edge.
+            fires = (float(latest.reported_value) > factor.above_in_unit[latest.reported_unit]
+                     and comparator not in ("<", "<="))
         evidence = Evidence(lab=latest, threshold=threshold)
     elif factor.below is not None:
         threshold = factor.below
@@ -232,4 +247,5 @@ def assess(record: PatientRecord, knowledge: Knowledge, now: datetime,
         pth_overdue=pth_overdue,
         lab_notes=notes,
         not_counted=[m for m in record.medications if m.excluded_because],
+        unresolved_orders=sum(u.reason == UNRESOLVED_MEDICATION for u in record.unreadable),
     )

@@ -141,7 +141,8 @@ class CardWriter:
                                   "display": r["display"]} for r in reasons["reasons"]]
         self.footer = f"{spec['scope_note']}\n\n{spec['references'].strip()}"
         self.evidence = {k: md("evidence", k) for k in
-                         ("medication", "lab", "condition", "unreadable_lab")}
+                         ("medication", "lab", "condition", "unreadable_lab",
+                          "unreadable_medication")}
         self.items = {k: get("summary_items", k) for k in ("medication", "lab")}
         self.actions = dict(spec["actions"])
         self.pv_summary = {k: get("patient_view", k, "summary")
@@ -152,6 +153,9 @@ class CardWriter:
         self.order_detail = md("order", "detail", "text")
         self.replace = {k: get("suggestions", "replace", k) for k in ("label", "delete", "create")}
         self.scope = {k: md("scope", k) for k in ("dialysis", "diagnosis")}
+        # What we ask the EHR to create must itself be valid FHIR R4: checked once, here.
+        for substitute in knowledge.substitutes:
+            validate(self._substitute_order(substitute, "example"))
 
     # -- evidence as words ---------------------------------------------------------------------
     def _lab_vars(self, ev: Evidence) -> dict:
@@ -183,7 +187,8 @@ class CardWriter:
             return self.evidence["lab"].render(**self._lab_vars(ev))
         if ev.condition:
             c = ev.condition
-            return self.evidence["condition"].render(name=c.name, code=c.matched[0])
+            return self.evidence["condition"].render(name=self._condition_name(c),
+                                                     code=c.matched[0])
         raise ValueError("sex is shown by its factor label alone")
 
     def _item(self, ev: Evidence) -> str | None:
@@ -206,9 +211,13 @@ class CardWriter:
         if procedure is not None:
             return Rendered(template["dialysis"].render(
                 procedure=procedure.name or procedure.code, date=_date(procedure.performed),
-                condition=condition.name if condition else ""))
-        return Rendered(template["diagnosis"].render(condition=condition.name,
+                condition=self._condition_name(condition) if condition else ""))
+        return Rendered(template["diagnosis"].render(condition=self._condition_name(condition),
                                                      code=condition.matched[0]))
+
+    def _condition_name(self, condition) -> str:
+        """The chart's wording, else the knowledge label of what it was recognised as."""
+        return condition.name or self.knowledge.conditions[condition.concepts[0]].label
 
     def _unreadable_lines(self, assessment: Assessment) -> list[str]:
         lines = []
@@ -216,6 +225,9 @@ class CardWriter:
             lines.append(Rendered(self.evidence["unreadable_lab"].render(
                 label=self.knowledge.labs[note.lab].label, date=_date(note.result.effective),
                 reason=note.result.unreadable_because or "unreadable")))
+        if assessment.unresolved_orders:
+            lines.append(Rendered(self.evidence["unreadable_medication"].render(
+                count=assessment.unresolved_orders)))
         return lines
 
     def _summary(self, template, items: list[str], **values) -> str:
@@ -257,10 +269,9 @@ class CardWriter:
                 self._detail(self.pv_info_detail.render(
                     pth_interval_days=days, scope=scope, unreadable=unreadable)))]
         critical = assessment.known_calciphylaxis is not None and assessment.on_culprit_drug
-        if critical:
-            # Lead with the drugs that should stop.
-            firing = sorted(firing, key=lambda f: not f.factor.culprit_drug)
-        items = [i for f in firing for e in f.evidence if (i := self._item(e))]
+        # A critical summary names only the drugs to stop ("still on warfarin").
+        named = [f for f in firing if f.factor.culprit_drug] if critical else firing
+        items = [i for f in named for e in f.evidence if (i := self._item(e))]
         items = list(dict.fromkeys(items))
         known = assessment.known_calciphylaxis
         detail = self.pv_detail.render(
@@ -305,12 +316,9 @@ class CardWriter:
         return self._card(rules, summary, indicator, self._detail(detail),
                           [s for s in suggestions if s])
 
-    def _replacement(self, order, substitute, patient_id: str) -> dict | None:
-        """Delete the draft and create the substitute: a one-click swap in the EHR."""
-        if "/" not in order.reference:
-            return None  # a draft without an id cannot be deleted
-        words = dict(drug=order.ingredient, order=order.name, substitute=substitute.display)
-        resource = {
+    def _substitute_order(self, substitute, patient_id: str) -> dict:
+        """The draft MedicationRequest a replace suggestion creates."""
+        return {
             "resourceType": "MedicationRequest",
             "status": "draft",
             "intent": "order",
@@ -321,7 +329,13 @@ class CardWriter:
                 "text": substitute.display,
             },
         }
-        validate(resource)  # what we ask the EHR to create must itself be valid FHIR R4
+
+    def _replacement(self, order, substitute, patient_id: str) -> dict | None:
+        """Delete the draft and create the substitute: a one-click swap in the EHR."""
+        if "/" not in order.reference:
+            return None  # a draft without an id cannot be deleted
+        words = dict(drug=order.ingredient, order=order.name, substitute=substitute.display)
+        resource = self._substitute_order(substitute, patient_id)
         return {
             "uuid": str(uuid.uuid4()),
             "label": self.replace["label"].render(**words),

@@ -9,14 +9,16 @@ carries an unreadable value is listed in `record.unreadable`, never fatal and ne
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
+from .assessment import FUTURE_SKEW
 from .fhir_read import Unreadable as UnreadableResource
 from .fhir_read import belongs_to, codings, concept_text, validate
 from .fhir_time import as_utc, parse_instant, period_end, raw_period_end
 from .knowledge import Knowledge
 from .record import (
+    UNRESOLVED_MEDICATION,
     ConditionEntry,
     LabResult,
     Medication,
@@ -27,7 +29,6 @@ from .record import (
 
 UCUM = "http://unitsofmeasure.org"
 _OLDEST = datetime(1, 1, 1, tzinfo=UTC)
-_FUTURE_SKEW = timedelta(hours=1)  # as the assessment's
 
 
 def _coded(concept) -> tuple[tuple[str, str, str], ...]:
@@ -57,6 +58,7 @@ class RecordBuilder:
     def __init__(self, knowledge: Knowledge, patient_id: str):
         self.knowledge = knowledge
         self.statuses = knowledge.statuses
+        self.loinc = knowledge.systems["loinc"]
         self.patient_id = patient_id
         self.record = PatientRecord(patient_id=patient_id)
         self.medications_by_ref: dict[str, dict] = {}
@@ -185,7 +187,7 @@ class RecordBuilder:
 
     def _observation(self, resource: dict) -> None:
         lab_id = next((self.knowledge.lab_by_loinc[c] for s, c, _d in codings(resource.get("code"))
-                       if s == "http://loinc.org" and c in self.knowledge.lab_by_loinc), None)
+                       if s == self.loinc and c in self.knowledge.lab_by_loinc), None)
         if lab_id is None or resource.get("status") not in self.statuses.result:
             return
         when = (parse_instant(resource.get("effectiveDateTime"))
@@ -204,7 +206,7 @@ class RecordBuilder:
         """
         def newest_first(candidates):
             ordered = sorted(candidates, key=lambda c: c[0] or _OLDEST, reverse=True)
-            limit = as_of + _FUTURE_SKEW if as_of else None
+            limit = as_of + FUTURE_SKEW if as_of else None
             return [r for when, r in ordered if limit is None or when is None or when <= limit]
 
         for resource in newest_first(self._dialysis_candidates):
@@ -221,7 +223,7 @@ class RecordBuilder:
         if observation is None:
             return None
         loinc = next(c for s, c, _d in _coded(observation.code)
-                     if s == "http://loinc.org" and c in self.knowledge.lab_by_loinc)
+                     if s == self.loinc and c in self.knowledge.lab_by_loinc)
         effective = (as_utc(observation.effectiveDateTime)
                      or period_end(observation.effectivePeriod)
                      or as_utc(observation.effectiveInstant) or as_utc(observation.issued))
@@ -285,7 +287,7 @@ class RecordBuilder:
         if medication is None:
             if reference.display:
                 return (), reference.display, ""
-            self._skip(raw, "medication reference not included")
+            self._skip(raw, UNRESOLVED_MEDICATION)
             return None
         try:
             model = validate(medication)
@@ -295,14 +297,9 @@ class RecordBuilder:
         form = _text(model.form) if model.form is not None else ""
         return _coded(model.code), _text(model.code) or reference.display or "", form
 
-    def _dose_route_text(self, dosages) -> str:
-        parts = []
-        for dosage in dosages or ():
-            if dosage.route is not None:
-                parts.append(_text(dosage.route))
-            if dosage.text:
-                parts.append(dosage.text)
-        return " ".join(parts)
+    def _route_text(self, dosages) -> str:
+        """The coded route only: free dosage text ("for uveitis (eye)") says nothing of form."""
+        return " ".join(_text(d.route) for d in dosages or () if d.route is not None)
 
     def _add_medicine(self, model, raw: dict, *, status: str, is_draft: bool, date, ends) -> None:
         medicine = self._medicine_of(model, raw)
@@ -311,7 +308,7 @@ class RecordBuilder:
         found_codings, name, form = medicine
         dosages = getattr(model, "dosageInstruction", None) or getattr(model, "dosage", None)
         match = self.knowledge.classify_medicine(
-            found_codings, name, f"{form} {self._dose_route_text(dosages)}")
+            found_codings, name, f"{form} {self._route_text(dosages)}")
         if match is None:
             return
         self.record.medications.append(Medication(
@@ -324,15 +321,15 @@ class RecordBuilder:
     def _medication_request(self, resource: dict, draft: bool = False) -> None:
         allowed = (self.statuses.draft_order if draft
                    else self.statuses.current_medication_request)
-        if resource.get("status") not in allowed:
-            return
+        if resource.get("status") not in allowed or resource.get("doNotPerform") is True:
+            return  # a "do not give" order is the opposite of exposure
         request = self._validated(resource)
         if request is None:
             return
-        validity = request.dispenseRequest.validityPeriod if request.dispenseRequest else None
-        self._add_medicine(
-            request, resource, status=request.status, is_draft=draft,
-            date=as_utc(request.authoredOn), ends=as_utc(validity.end) if validity else None)
+        # Currency is the order's status: dispenseRequest.validityPeriod bounds dispensing
+        # (refills), not therapy, so an active order past it is still current.
+        self._add_medicine(request, resource, status=request.status, is_draft=draft,
+                           date=as_utc(request.authoredOn), ends=None)
 
     def _medication_statement(self, resource: dict) -> None:
         if resource.get("status") not in self.statuses.current_medication_statement:

@@ -66,6 +66,10 @@ class ProcedureEntry:
     performed: datetime | None
 
 
+# Why a current medication order could not be read: its Medication was not sent (nor found).
+UNRESOLVED_MEDICATION = "medication reference not included"
+
+
 @dataclass(frozen=True, slots=True)
 class Unreadable:
     """A resource or value the service skipped, and why (no values, no identifiers)."""

@@ -8,27 +8,36 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Prefetch key -> (FHIR resource type it holds, template). Observations are limited to the LOINC
-# codes the rules read (PTH, phosphate, calcium, albumin, BMI; see knowledge.toml).
-PREFETCH: dict[str, tuple[str, str]] = {
-    "patient": ("Patient", "Patient/{{context.patientId}}"),
-    "conditions": ("Condition", "Condition?patient={{context.patientId}}"),
-    "procedures": ("Procedure", "Procedure?patient={{context.patientId}}"),
-    "medications": (
-        "MedicationRequest",
-        "MedicationRequest?patient={{context.patientId}}&status=active,on-hold"
-        "&_include=MedicationRequest:medication",
-    ),
-    "medicationStatements": (
-        "MedicationStatement",
-        "MedicationStatement?patient={{context.patientId}}&status=active",
-    ),
-    "observations": (
-        "Observation",
-        "Observation?patient={{context.patientId}}"
-        "&code=2731-8,14866-8,2777-1,14879-1,17861-6,2000-8,49765-1,1751-7,39156-5",
-    ),
+from .knowledge import Knowledge
+
+# Prefetch key -> the FHIR resource type it holds.
+PREFETCH: dict[str, str] = {
+    "patient": "Patient",
+    "conditions": "Condition",
+    "procedures": "Procedure",
+    "medications": "MedicationRequest",
+    "medicationStatements": "MedicationStatement",
+    "observations": "Observation",
 }
+
+
+def prefetch_templates(knowledge: Knowledge) -> dict[str, str]:
+    """The templates discovery declares, built from the knowledge so that a LOINC code or status
+    added there is also asked for here."""
+    statuses = knowledge.statuses
+    return {
+        "patient": "Patient/{{context.patientId}}",
+        "conditions": "Condition?patient={{context.patientId}}",
+        "procedures": "Procedure?patient={{context.patientId}}",
+        "medications": "MedicationRequest?patient={{context.patientId}}&status="
+        + ",".join(sorted(statuses.current_medication_request))
+        + "&_include=MedicationRequest:medication",
+        "medicationStatements": "MedicationStatement?patient={{context.patientId}}&status="
+        + ",".join(sorted(statuses.current_medication_statement)),
+        # Only the labs the rules read (PTH, phosphate, calcium, albumin, BMI).
+        "observations": "Observation?patient={{context.patientId}}&code="
+        + ",".join(sorted(knowledge.lab_by_loinc)),
+    }
 
 
 @dataclass(frozen=True)
@@ -39,13 +48,13 @@ class Service:
     description: str
     required_context: tuple[str, ...]
 
-    def discovery(self) -> dict:
+    def discovery(self, templates: dict[str, str]) -> dict:
         return {
             "hook": self.hook,
             "id": self.id,
             "title": self.title,
             "description": self.description,
-            "prefetch": {key: template for key, (_type, template) in PREFETCH.items()},
+            "prefetch": templates,
         }
 
 

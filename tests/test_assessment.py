@@ -87,12 +87,19 @@ def test_esrd_without_clinical_status_counts_unless_abated(knowledge):
         condition("esrd_on_dialysis", status=None, abated=True)]), knowledge, NOW).in_scope
 
 
-def test_transplant_without_recent_dialysis_is_out_of_scope(knowledge):
-    record = PatientRecord("p1", conditions=[condition("esrd_on_dialysis"),
+def test_transplant_with_resolved_esrd_and_no_recent_dialysis_is_out_of_scope(knowledge):
+    record = PatientRecord("p1", conditions=[condition("esrd_on_dialysis", status="resolved"),
                                              condition("kidney_transplant", "Z94.0")],
                            procedures=[dialysis(days_ago(400))])
     result = assess(record, knowledge, NOW)
     assert not result.in_scope and "transplant" in result.scope_reason
+
+
+def test_transplant_with_active_esrd_or_dialysis_dependence_stays_in_scope(knowledge):
+    """A failed graft back on dialysis, in an EHR that records no dialysis Procedures."""
+    record = PatientRecord("p1", conditions=[condition("esrd_on_dialysis", "Z99.2"),
+                                             condition("kidney_transplant", "Z94.0")])
+    assert assess(record, knowledge, NOW).in_scope
 
 
 def test_failed_transplant_back_on_dialysis_is_in_scope(knowledge):
@@ -259,6 +266,19 @@ def test_lab_windows(knowledge, kind, window):
     outside = assess(on_dialysis(labs=[lab(kind, abnormal, days_ago(window + 1))]), knowledge,
                      NOW)
     assert inside.findings and not outside.findings
+
+
+@pytest.mark.parametrize("kind,value,fires", [
+    ("phosphate", 1.78, False), ("phosphate", 1.79, True),
+    ("calcium", 2.55, False), ("calcium", 2.56, True),
+])
+def test_mmol_limits_are_compared_as_published_not_after_rounding(knowledge, kind, value,
+                                                                  fires):
+    factor = {"phosphate": "hyperphosphatemia", "calcium": "hypercalcemia"}[kind]
+    canonical = value * knowledge.labs[kind].units["mmol/L"]
+    result = LabResult(f"Observation/{kind}", kind, "x", canonical, None, str(value), "mmol/L",
+                       days_ago(5), "final")
+    assert (factor in factor_ids(assess(on_dialysis(labs=[result]), knowledge, NOW))) is fires
 
 
 def test_comparator_below_cannot_exceed_a_threshold(knowledge):

@@ -99,3 +99,34 @@ def test_a_missing_template_fails_at_start(knowledge, tmp_path):
     (tmp_path / "cards.toml").write_text(text.replace("[order.critical]", "[order.criticalx]"))
     with pytest.raises(TemplateError):
         CardWriter(knowledge, CardTemplates.load(tmp_path))
+
+
+def test_an_unresolvable_medication_order_is_said_on_the_card(knowledge, writer):
+    from cds_service.record import UNRESOLVED_MEDICATION, Unreadable
+
+    record = in_scope_record(med("vitamin_k_antagonist", "warfarin"))
+    record.unreadable.append(Unreadable("MedicationRequest", UNRESOLVED_MEDICATION, "x"))
+    [issued] = writer.patient_view(assess(record, knowledge, NOW))
+    assert "1 current medication order could not be read" in issued.card["detail"]
+
+
+def test_a_critical_summary_names_only_the_drugs_to_stop(knowledge, writer):
+    from cds_service.record import LabResult
+
+    record = in_scope_record(med("calcium_binder", "calcium acetate"))
+    record.labs.append(LabResult("Observation/p", "pth", "2731-8", 900.0, None, "900", "pg/mL",
+                                 NOW - timedelta(days=3), "final"))
+    record.conditions.append(ConditionEntry("Condition/cux", ("calciphylaxis",), ("237900002",),
+                                            "Calciphylaxis", "active", "confirmed", None, False))
+    [issued] = writer.patient_view(assess(record, knowledge, NOW))
+    assert issued.card["summary"] == "Calciphylaxis diagnosed; still on calcium acetate"
+    assert "PTH 900 pg/mL" in issued.card["detail"]
+
+
+def test_a_diagnosis_without_text_is_named_by_its_knowledge_label(knowledge, writer):
+    record = in_scope_record(med("vitamin_k_antagonist", "warfarin"))
+    record.procedures.clear()
+    record.conditions[0] = ConditionEntry("Condition/c", ("esrd_on_dialysis",), ("N18.6",), "",
+                                          "active", "confirmed", None, False)
+    [issued] = writer.patient_view(assess(record, knowledge, NOW))
+    assert "On maintenance dialysis: end-stage renal disease (N18.6)." in issued.card["detail"]

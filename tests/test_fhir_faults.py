@@ -60,7 +60,11 @@ class FaultyFhir(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def faulty_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FaultyFhir)
+    class QuietServer(ThreadingHTTPServer):
+        def handle_error(self, request, client_address):
+            pass  # the service hanging up on a slow answer is the point of these tests
+
+    server = QuietServer(("127.0.0.1", 0), FaultyFhir)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

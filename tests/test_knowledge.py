@@ -123,3 +123,44 @@ def test_an_inconsistent_knowledge_file_fails_at_start(tmp_path):
     (tmp_path / "knowledge.toml").write_text(text.replace('lab = "pth"', 'lab = "ptx"'))
     with pytest.raises(KnowledgeError):
         load_knowledge(tmp_path)
+
+
+@pytest.mark.parametrize("codes,text", [
+    ([(RXNORM, "313979")], ""),  # fludrocortisone 0.1 MG tablet, in the VSAC oral set
+    ([], "fludrocortisone acetate 0.1 mg tablet"),
+    ([(RXNORM, "854181")], ""),  # Ozurdex intravitreal implant, in the PDDI set
+    ([(RXNORM, "1291082")], ""),  # a hydrocortisone suppository, in the PDDI set
+    ([], "Cortenema 100 mg/60 mL"),
+    ([], "Domeboro powder for topical solution (aluminum sulfate / calcium acetate)"),
+])
+def test_products_that_carry_no_risk_are_not_counted_even_by_code_alone(knowledge, codes, text):
+    match = classify(knowledge, text, *codes)
+    assert match is None or match.excluded_because is not None
+
+
+@pytest.mark.parametrize("text,ingredient", [
+    ("Solu-Medrol 125 mg injection", "methylprednisolone"), ("One Alpha 1 mcg", "alfacalcidol"),
+    ("betamethasone 4 mg/mL injection", "betamethasone"),
+])
+def test_brands_and_ingredients_written_with_spaces_or_hyphens(knowledge, text, ingredient):
+    assert classify(knowledge, text).ingredient == ingredient
+
+
+@pytest.mark.parametrize("code,text,counts", [
+    ("E83.59", "Calciphylaxis of lower legs", True),
+    ("E83.59", "calciphylaxis ruled out", False),
+    ("281647001", "At risk for calciphylaxis", False),
+    ("X", "No calciphylaxis on biopsy", False),
+    ("X", "Suspected calciphylaxis, left thigh", True),
+])
+def test_calciphylaxis_text_that_denies_it_does_not_count(knowledge, code, text, counts):
+    system = ICD if code.startswith("E") else SNOMED
+    assert bool(knowledge.conditions["calciphylaxis"].match(((system, code, ""),), text)) is counts
+
+
+@pytest.mark.parametrize("system,code", [
+    (SNOMED, "233590002"), (SNOMED, "233585000"), (CPT, "90997"), (SNOMED, "10848006"),
+    (SNOMED, "439278006"), (SNOMED, "427053002"),
+])
+def test_acute_and_non_session_procedures_are_not_maintenance_dialysis(knowledge, system, code):
+    assert not knowledge.procedures["dialysis"].match(((system, code, ""),), "")

@@ -196,3 +196,28 @@ def test_junk_entries_never_raise(knowledge):
             {"resourceType": "MedicationRequest", "status": "active", "medicationReference": 7}]
     built = record(*junk, knowledge=knowledge)
     assert built.medications == [] and built.conditions == []
+
+
+def test_free_dosage_text_does_not_make_a_systemic_steroid_topical(knowledge):
+    order = med_request(medicationCodeableConcept={"text": "prednisone 20 MG Oral Tablet"},
+                        dosageInstruction=[{"text": "20 mg daily for uveitis (eye)"}])
+    assert record(order, knowledge=knowledge).medications[0].excluded_because is None
+
+
+def test_a_coded_route_still_marks_a_non_systemic_product(knowledge):
+    order = med_request(medicationCodeableConcept={"text": "dexamethasone 0.1 %"},
+                        dosageInstruction=[{"route": {"text": "Ophthalmic route"}}])
+    assert record(order, knowledge=knowledge).medications[0].excluded_because is not None
+
+
+def test_do_not_perform_orders_are_not_exposure(knowledge):
+    warfarin = {"medicationCodeableConcept": {"text": "warfarin 5 mg"}}
+    assert record(med_request(**warfarin), knowledge=knowledge).medications
+    assert record(med_request(doNotPerform=True, **warfarin),
+                  knowledge=knowledge).medications == []
+
+
+def test_an_active_order_past_its_dispensing_validity_is_still_current(knowledge):
+    order = med_request(dispenseRequest={"validityPeriod": {"end": "2026-10-01"}},
+                        medicationCodeableConcept={"text": "warfarin 5 mg"})
+    assert record(order, knowledge=knowledge).medications[0].ends is None

@@ -27,7 +27,8 @@ def _phrase_pattern(phrases: list[str]) -> re.Pattern[str] | None:
     if not phrases:
         return None
     alternatives = sorted({p.lower() for p in phrases}, key=len, reverse=True)
-    body = "|".join(re.escape(p).replace(r"\ ", r"[\s\-]+") for p in alternatives)
+    # A space or hyphen in a phrase matches either ("one-alpha", "One Alpha", "Solu Medrol").
+    body = "|".join(re.sub(r"(\\ | |\\-)+", r"[\\s\\-]+", re.escape(p)) for p in alternatives)
     return re.compile(rf"(?<![a-z0-9])(?:{body})(?![a-z0-9])", re.IGNORECASE)
 
 
@@ -58,6 +59,7 @@ class ConceptSet:
     excluded_prefixes: tuple[CodeKey, ...] = ()
     ranges: tuple[tuple[str, str, str], ...] = ()
     text: re.Pattern[str] | None = None
+    text_negation: re.Pattern[str] | None = None
     text_required_for: frozenset[CodeKey] = frozenset()
 
     def has_code(self, key: CodeKey) -> bool:
@@ -77,6 +79,8 @@ class ConceptSet:
     def match(self, codings: tuple[tuple[str, str, str], ...], text: str) -> str | None:
         """What identifies the concept (a code or a phrase), or None."""
         text_hit = self.text.search(text) if self.text and text else None
+        if text_hit and self.text_negation and self.text_negation.search(text):
+            text_hit = None  # "at risk for ...", "... ruled out": the text denies the concept
         for system, code, _display in codings:
             key = (system, code)
             if self.has_code(key) and (key not in self.text_required_for or text_hit):
@@ -138,17 +142,20 @@ class MedicineClass:
     names: re.Pattern[str] | None
     brand_ingredient: dict[str, str]
     non_systemic: re.Pattern[str] | None
+    excluded_ingredients: re.Pattern[str] | None = None
 
     def _ingredient_in(self, text: str) -> str | None:
         hit = self.names.search(text) if self.names and text else None
         if not hit:
             return None
-        word = re.sub(r"[\s\-]+", " ", hit.group(0).lower())
+        word = _normal_name(hit.group(0))
         return self.brand_ingredient.get(word, word)
 
     def classify(self, codings, text: str, form_text: str) -> MedicineMatch | None:
         """Match a medicine by RxNorm, then ATC, then ingredient or brand name in its text."""
         names = " ".join([text] + [d for _s, _c, d in codings if d])
+        if self.excluded_ingredients and self.excluded_ingredients.search(names):
+            return None  # e.g. fludrocortisone: named like the class, not in it
         matched: MedicineMatch | None = None
         for system, code, _display in codings:
             if system == RXNORM and code in self.excluded_rxnorm:
@@ -205,6 +212,7 @@ class Factor:
     at_least: float | None = None
     uln_multiple: float | None = None
     default_uln: float | None = None
+    above_in_unit: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -283,12 +291,19 @@ def _concept(cid: str, spec: dict, systems: dict[str, str], base: Path) -> Conce
         excluded_prefixes=tuple((systems[s], p) for s, p in spec.get("exclude_prefixes", [])),
         ranges=tuple((systems[s], lo, hi) for s, lo, hi in spec.get("code_ranges", [])),
         text=_phrase_pattern(spec.get("text", [])),
+        text_negation=_phrase_pattern(spec.get("text_negated_by", [])),
         text_required_for=_keys(systems, spec.get("text_required_for", [])),
     )
 
 
+def _normal_name(name: str) -> str:
+    return re.sub(r"[\s\-]+", " ", name.lower())
+
+
 def _medicine(mid: str, spec: dict, base: Path) -> MedicineClass:
     rxnorm = {code: name for code, name, _src in spec.get("rxnorm", [])}
+    non_systemic = _phrase_pattern(spec.get("non_systemic", []))
+    excluded_ingredients = _phrase_pattern(spec.get("exclude_ingredients", []))
     for vs in spec.get("valuesets", []):
         wanted = [w.lower() for w in vs.get("display_contains", [])]
         for system, code, display in load_valueset(base / "valuesets" / vs["path"]):
@@ -296,13 +311,17 @@ def _medicine(mid: str, spec: dict, base: Path) -> MedicineClass:
                 continue
             if wanted and not any(w in display.lower() for w in wanted):
                 continue
+            # Published sets mix in products that do not carry the risk (an eye implant, a
+            # suppository, fludrocortisone): their names say so, and they are left out.
+            if any(p and p.search(display) for p in (non_systemic, excluded_ingredients)):
+                continue
             rxnorm.setdefault(code, display)
     excluded = set()
     for rel in spec.get("exclude_valuesets", []):
         excluded |= {c for s, c, _d in load_valueset(base / "valuesets" / rel) if s == RXNORM}
     for code in excluded:
         rxnorm.pop(code, None)
-    brands = {k.lower(): v for k, v in spec.get("brands", {}).items()}
+    brands = {_normal_name(k): v for k, v in spec.get("brands", {}).items()}
     return MedicineClass(
         id=mid,
         factor=spec["factor"],
@@ -312,7 +331,8 @@ def _medicine(mid: str, spec: dict, base: Path) -> MedicineClass:
         excluded_atc=tuple(spec.get("exclude_atc", [])),
         names=_phrase_pattern(spec.get("ingredients", []) + list(brands)),
         brand_ingredient=brands,
-        non_systemic=_phrase_pattern(spec.get("non_systemic", [])),
+        non_systemic=non_systemic,
+        excluded_ingredients=excluded_ingredients,
     )
 
 
@@ -331,7 +351,8 @@ def load_knowledge(directory: Path | None = None) -> Knowledge:
                     culprit_drug=s.get("culprit_drug", False), evidence=s["evidence"],
                     lab=s.get("lab"), condition=s.get("condition"), sex=s.get("sex"),
                     above=s.get("above"), below=s.get("below"), at_least=s.get("at_least"),
-                    uln_multiple=s.get("uln_multiple"), default_uln=s.get("default_uln"))
+                    uln_multiple=s.get("uln_multiple"), default_uln=s.get("default_uln"),
+                    above_in_unit=dict(s.get("above_in_unit", {})))
         for fid, s in spec["factors"].items()
     }
     medicines = tuple(_medicine(mid, s, base) for mid, s in spec["medicines"].items())
