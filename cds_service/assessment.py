@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from .knowledge import Factor, Knowledge, Substitute
+from .knowledge import CONFIRMED, SUSPECTED, Factor, Knowledge, LabCriterion, Substitute
 from .record import (
     UNRESOLVED_MEDICATION,
     ConditionEntry,
@@ -35,6 +35,7 @@ class Evidence:
     threshold: float | None = None  # in the lab's canonical unit
     uln: float | None = None  # for PTH: the upper limit used
     uln_from_assay: bool = False
+    criterion: LabCriterion | None = None  # the limit a lab result was held to
 
 
 @dataclass(frozen=True)
@@ -102,39 +103,108 @@ def _active_with(record: PatientRecord, knowledge: Knowledge,
             if concept in c.concepts and _condition_active(c, knowledge)]
 
 
+def _events(record: PatientRecord, concept: str, now: datetime) -> list[ProcedureEntry]:
+    """Dialysis sessions or transplants up to now, newest first."""
+    return sorted((p for p in record.procedures
+                   if p.concept == concept and p.performed and p.performed <= now + FUTURE_SKEW),
+                  key=lambda p: p.performed, reverse=True)
+
+
+def _transplant(record: PatientRecord, knowledge: Knowledge, now: datetime):
+    """The newest kidney transplant (a procedure, or a transplant status on the problem list):
+    (date or None when undated, evidence), or None."""
+    procedures = _events(record, "kidney_transplant", now)
+    dated = [(p.performed, p) for p in procedures]
+    undated = None
+    for condition in _active_with(record, knowledge, "kidney_transplant"):
+        when = condition.onset or condition.recorded
+        if when is None:
+            undated = condition
+        elif when <= now + FUTURE_SKEW:
+            dated.append((when, condition))
+    if dated:
+        return max(dated, key=lambda d: d[0])
+    return (None, undated) if undated is not None else None
+
+
 def _scope(record: PatientRecord, knowledge: Knowledge, now: datetime):
-    """(in scope, reason, evidence) for "on maintenance dialysis"."""
+    """(in scope, reason, evidence) for "on maintenance dialysis" (clinical.md "Who is in scope"
+    and "Dialysis scope, refined")."""
     if record.deceased:
         return False, "deceased", ()
-    since = now - timedelta(days=knowledge.dialysis_recency_days)
-    recent = sorted(
-        (p for p in record.procedures
-         if p.concept == "dialysis" and p.performed and since <= p.performed <= now + FUTURE_SKEW),
-        key=lambda p: p.performed, reverse=True)
+    rules = knowledge.scope
+    sessions = _events(record, "dialysis", now)
     esrd = _active_with(record, knowledge, "esrd_on_dialysis")
+    dependence = _active_with(record, knowledge, "dialysis_dependence")
+    transplant = _transplant(record, knowledge, now)
+    if transplant is not None:
+        # A kidney transplant ends dialysis scope, even with N18.6 still on the problem list,
+        # unless dialysis goes on after it (graft failure: a session in the last 14 days) or
+        # dialysis dependence is recorded after it. Dialysis for delayed graft function that
+        # stopped after the transplant does not count.
+        when, _evidence = transplant
+        since = now - timedelta(days=rules.graft_failure_dialysis_days)
+        ongoing = [p for p in sessions
+                   if p.performed >= since and (when is None or p.performed > when)]
+        if ongoing:
+            return True, "dialysis after kidney transplant", tuple(esrd[:1]) + (ongoing[0],)
+        again = [c for c in dependence if when is None or (c.recorded or c.onset or when) > when]
+        if again:
+            return True, "dialysis dependence after kidney transplant", tuple(again[:1])
+        return False, "kidney transplant, no dialysis since", ()
+    recent = [p for p in sessions
+              if p.performed >= now - timedelta(days=rules.dialysis_recency_days)]
+    if recent and all((p.system, p.code) in rules.ambiguous_dialysis_codes for p in recent) \
+            and _active_with(record, knowledge, "acute_kidney_injury") and not esrd \
+            and not dependence:
+        # CPT 90945/90947 also bill acute continuous therapy: with an acute kidney injury and
+        # no chronic diagnosis, that is acute dialysis, not maintenance.
+        return False, "acute dialysis for acute kidney injury", ()
     if recent:
         return True, "dialysis", tuple(esrd[:1]) + (recent[0],)
     if _active_with(record, knowledge, "esrd_untreated"):
         return False, "ESRD not treated by dialysis", ()
     if esrd:
-        # An active ESRD or dialysis-dependence diagnosis keeps a transplant recipient in scope
-        # (a failed graft, back on dialysis; many EHRs record no dialysis Procedures).
         return True, "diagnosis", tuple(esrd[:1])
-    if _active_with(record, knowledge, "kidney_transplant"):
-        return False, "kidney transplant, ESRD not active, no dialysis in the last 90 days", ()
     return False, "not on maintenance dialysis", ()
 
 
-def _medication_current(medication: Medication, now: datetime) -> bool:
+def _medication_current(medication: Medication, now: datetime, knowledge: Knowledge) -> bool:
     if medication.is_draft or medication.excluded_because:
         return False
+    if medication.kind == "administration":
+        # A dose given counts as current use while it is recent.
+        since = now - timedelta(days=knowledge.administration_recency_days)
+        return medication.date is not None and since <= medication.date <= now + FUTURE_SKEW
     return medication.ends is None or medication.ends >= now
 
 
-def _lab_finding(factor: Factor, record: PatientRecord, knowledge: Knowledge, now: datetime,
-                 notes: list[LabNote]) -> tuple[Finding | None, LabResult | None]:
-    """Apply the latest-value rule; returns (finding or None, the latest valid result)."""
-    lab = knowledge.labs[factor.lab]
+def _reported_number(result: LabResult) -> float:
+    return float(result.reported_value.lstrip("<>="))
+
+
+def _meets(criterion: LabCriterion, result: LabResult, threshold: float) -> bool:
+    """Whether a result meets a criterion. A comparator makes the value a bound: ">2500" is
+    above any limit below 2500; "<50" is never high (and ">" never low)."""
+    value, comparator = result.value, result.comparator
+    if result.reported_unit in criterion.in_unit and criterion.uln_multiple is None:
+        # The limit as published in the unit reported: no conversion rounding at the edge.
+        value, threshold = _reported_number(result), criterion.in_unit[result.reported_unit]
+    if criterion.comparison == "above":
+        if comparator in ("<", "<="):
+            return False
+        return value >= threshold if comparator == ">" else value > threshold
+    if criterion.comparison == "below":
+        if comparator in (">", ">="):
+            return False
+        return value <= threshold if comparator == "<" else value < threshold
+    return comparator not in ("<", "<=") and value >= threshold  # at least
+
+
+def _lab_finding(criterion: LabCriterion, record: PatientRecord, knowledge: Knowledge,
+                 now: datetime, notes: list[LabNote]) -> tuple[Evidence | None, LabResult | None]:
+    """Apply the latest-value rule; returns (evidence or None, the latest valid result)."""
+    lab = knowledge.labs[criterion.lab]
     window_start = now - timedelta(days=lab.window_days)
     results = sorted((r for r in record.labs
                       if r.lab == lab.id and r.effective <= now + FUTURE_SKEW),
@@ -142,37 +212,23 @@ def _lab_finding(factor: Factor, record: PatientRecord, knowledge: Knowledge, no
     latest = None
     for result in results:
         if result.value is None:
-            if result.effective >= window_start:
+            if result.effective >= window_start and not any(n.result is result for n in notes):
                 notes.append(LabNote(lab.id, result, "unreadable"))
             continue
         latest = result
         break
     if latest is None or latest.effective < window_start:
         return None, None
-    value, comparator = latest.value, latest.comparator
-    if factor.uln_multiple is not None:
-        uln = latest.reference_high or factor.default_uln
-        threshold = factor.uln_multiple * uln
-        fires = value > threshold and comparator not in ("<", "<=")
+    if criterion.uln_multiple is not None:
+        uln = latest.reference_high or criterion.default_uln
+        threshold = criterion.uln_multiple * uln
         evidence = Evidence(lab=latest, threshold=threshold, uln=uln,
-                            uln_from_assay=latest.reference_high is not None)
-    elif factor.above is not None:
-        threshold = factor.above
-        fires = value > threshold and comparator not in ("<", "<=")
-        if latest.reported_unit in factor.above_in_unit:
-            # The limit as published in the unit reported: no conversion rounding at the edge.
-            fires = (float(latest.reported_value) > factor.above_in_unit[latest.reported_unit]
-                     and comparator not in ("<", "<="))
-        evidence = Evidence(lab=latest, threshold=threshold)
-    elif factor.below is not None:
-        threshold = factor.below
-        fires = value < threshold and comparator not in (">", ">=")
-        evidence = Evidence(lab=latest, threshold=threshold)
+                            uln_from_assay=latest.reference_high is not None,
+                            criterion=criterion)
     else:
-        threshold = factor.at_least
-        fires = value >= threshold and comparator not in ("<", "<=")
-        evidence = Evidence(lab=latest, threshold=threshold)
-    return (Finding(factor, (evidence,)) if fires else None), latest
+        threshold = criterion.threshold
+        evidence = Evidence(lab=latest, threshold=threshold, criterion=criterion)
+    return (evidence if _meets(criterion, latest, threshold) else None), latest
 
 
 def _findings(record: PatientRecord, knowledge: Knowledge, now: datetime,
@@ -180,18 +236,18 @@ def _findings(record: PatientRecord, knowledge: Knowledge, now: datetime,
     """Every factor present, in knowledge order; and whether PTH is overdue."""
     findings: list[Finding] = []
     pth_seen = False
-    current = [m for m in record.medications if _medication_current(m, now)]
-    factor_of_class = {m.id: m.factor for m in knowledge.medicines}
+    current = [m for m in record.medications if _medication_current(m, now, knowledge)]
+    factor_of_class = {m.id: m.factor for m in knowledge.medicines.classes}
     for factor in knowledge.factors.values():
         evidence: list[Evidence] = []
         evidence += [Evidence(medication=m) for m in current
                      if factor_of_class.get(m.medicine_class) == factor.id]
-        if factor.lab:
-            found, latest = _lab_finding(factor, record, knowledge, now, notes)
-            if factor.lab == "pth" and latest is not None:
+        for criterion in factor.labs:
+            found, latest = _lab_finding(criterion, record, knowledge, now, notes)
+            if criterion.lab == "pth" and latest is not None:
                 pth_seen = True
             if found:
-                evidence += found.evidence
+                evidence.append(found)
         if factor.condition:
             evidence += [Evidence(condition=c)
                          for c in _active_with(record, knowledge, factor.condition)]
@@ -202,17 +258,27 @@ def _findings(record: PatientRecord, knowledge: Knowledge, now: datetime,
     return findings, not pth_seen
 
 
+def _known_calciphylaxis(record: PatientRecord, knowledge: Knowledge) -> ConditionEntry | None:
+    """An active calciphylaxis, confirmed or suspected (culprit drugs are stopped on suspicion);
+    a confirmed one is named before a suspected one."""
+    current = [c for c in _active_with(record, knowledge, "calciphylaxis")
+               if c.certainty in (CONFIRMED, SUSPECTED)]
+    current.sort(key=lambda c: c.certainty != CONFIRMED)
+    return current[0] if current else None
+
+
 def _draft_findings(record: PatientRecord, knowledge: Knowledge, findings: list[Finding],
                     selections: frozenset[str] | None) -> list[DraftFinding]:
-    factor_of_class = {m.id: m.factor for m in knowledge.medicines}
+    factor_of_class = {m.id: m.factor for m in knowledge.medicines.classes}
     present = {f.factor.id for f in findings}
     drafts = [m for m in record.medications if m.is_draft and not m.excluded_because]
     judged = []
     for order in drafts:
         if selections is not None and order.reference not in selections:
             continue
-        factor = knowledge.factors[factor_of_class[order.medicine_class]]
-        if not factor.culprit_drug:
+        factor_id = factor_of_class.get(order.medicine_class)
+        factor = knowledge.factors[factor_id] if factor_id else None
+        if factor is None or not factor.culprit_drug:
             continue
         substitutes = tuple(
             s for s in knowledge.substitutes
@@ -236,13 +302,12 @@ def assess(record: PatientRecord, knowledge: Knowledge, now: datetime,
         return Assessment(in_scope=False, scope_reason=reason)
     notes: list[LabNote] = []
     findings, pth_overdue = _findings(record, knowledge, now, notes)
-    calciphylaxis = _active_with(record, knowledge, "calciphylaxis")
     return Assessment(
         in_scope=True,
         scope_reason=reason,
         scope_evidence=scope_evidence,
         findings=findings,
-        known_calciphylaxis=calciphylaxis[0] if calciphylaxis else None,
+        known_calciphylaxis=_known_calciphylaxis(record, knowledge),
         draft_findings=_draft_findings(record, knowledge, findings, selections),
         pth_overdue=pth_overdue,
         lab_notes=notes,

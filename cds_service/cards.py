@@ -24,8 +24,9 @@ from .record import ProcedureEntry
 
 CARDS_DIR = Path(__file__).resolve().parent.parent / "cards"
 SUMMARY_LIMIT = 139  # CDS Hooks: "<140 characters"
-# Characters that would turn chart text into emphasis, links, HTML, headings or tables.
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>#|~])")
+# Characters that would turn chart text into emphasis, links, headings or tables; "<" only where
+# it could open an HTML tag, so that a result reported as "<10 pg/mL" reads as sent.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]#|~]|<(?=[A-Za-z/!?]))")
 
 
 class Rendered(str):
@@ -141,8 +142,9 @@ class CardWriter:
                                   "display": r["display"]} for r in reasons["reasons"]]
         self.footer = f"{spec['scope_note']}\n\n{spec['references'].strip()}"
         self.evidence = {k: md("evidence", k) for k in
-                         ("medication", "lab", "condition", "unreadable_lab",
+                         ("medication", "administration", "lab", "condition", "unreadable_lab",
                           "unreadable_medication")}
+        self.calciphylaxis = {k: md("calciphylaxis", k) for k in ("confirmed", "suspected")}
         self.items = {k: get("summary_items", k) for k in ("medication", "lab")}
         self.actions = dict(spec["actions"])
         self.pv_summary = {k: get("patient_view", k, "summary")
@@ -161,18 +163,23 @@ class CardWriter:
     def _lab_vars(self, ev: Evidence) -> dict:
         lab = ev.lab
         definition = self.knowledge.labs[lab.lab]
-        factor = next(f for f in self.knowledge.factors.values() if f.lab == lab.lab)
-        comparison = ("above" if factor.above is not None or factor.uln_multiple is not None
-                      else "below" if factor.below is not None else "at least")
+        criterion = ev.criterion or self.knowledge.criterion_for(lab.lab)[1]
+        # A limit published in the unit reported is stated in that unit (2.54 mmol/L).
+        in_unit = criterion.in_unit.get(lab.reported_unit) if criterion.uln_multiple is None \
+            else None
         return dict(label=definition.label, reported_value=lab.reported_value,
-                    reported_unit=lab.reported_unit, value=_number(lab.value),
+                    reported_unit=lab.reported_unit,
+                    value=(lab.comparator or "") + _number(lab.value),
                     unit=definition.canonical_unit,
                     converted=lab.reported_unit != definition.canonical_unit
-                    and definition.units.get(lab.reported_unit) != 1.0,
-                    date=_date(lab.effective), threshold=_number(ev.threshold),
-                    comparison=comparison, uln=_number(ev.uln) if ev.uln else "",
-                    uln_multiple=_number(factor.uln_multiple) if factor.uln_multiple else "",
-                    uln_from_assay=ev.uln_from_assay)
+                    and definition.units.get(lab.reported_unit) != 1.0 and in_unit is None,
+                    date=_date(lab.effective),
+                    threshold=_number(in_unit if in_unit is not None else ev.threshold),
+                    threshold_unit=lab.reported_unit if in_unit is not None
+                    else definition.canonical_unit,
+                    comparison=criterion.comparison, uln=_number(ev.uln) if ev.uln else "",
+                    uln_multiple=_number(criterion.uln_multiple) if criterion.uln_multiple
+                    else "", uln_from_assay=ev.uln_from_assay)
 
     def _line(self, ev: Evidence) -> Rendered | None:
         return Rendered(self._evidence_text(ev)) if not ev.sex else None
@@ -180,7 +187,8 @@ class CardWriter:
     def _evidence_text(self, ev: Evidence) -> str:
         if ev.medication:
             m = ev.medication
-            return self.evidence["medication"].render(
+            template = "administration" if m.kind == "administration" else "medication"
+            return self.evidence[template].render(
                 name=m.name, ingredient=m.ingredient, status=m.status, date=_date(m.date),
                 matched_by=m.matched_by)
         if ev.lab:
@@ -214,6 +222,21 @@ class CardWriter:
                 condition=self._condition_name(condition) if condition else ""))
         return Rendered(template["diagnosis"].render(condition=self._condition_name(condition),
                                                      code=condition.matched[0]))
+
+    @staticmethod
+    def _suspected(assessment: Assessment) -> bool:
+        known = assessment.known_calciphylaxis
+        return known is not None and known.certainty == "suspected"
+
+    def _calciphylaxis_line(self, assessment: Assessment) -> Rendered | str:
+        known = assessment.known_calciphylaxis
+        if known is None:
+            return ""
+        template = self.calciphylaxis["suspected" if known.certainty == "suspected"
+                                      else "confirmed"]
+        return Rendered(template.render(name=self._condition_name(known),
+                                        code=known.matched[0] if known.matched[0].lower()
+                                        not in known.name.lower() else ""))
 
     def _condition_name(self, condition) -> str:
         """The chart's wording, else the knowledge label of what it was recognised as."""
@@ -273,17 +296,17 @@ class CardWriter:
         named = [f for f in firing if f.factor.culprit_drug] if critical else firing
         items = [i for f in named for e in f.evidence if (i := self._item(e))]
         items = list(dict.fromkeys(items))
-        known = assessment.known_calciphylaxis
         detail = self.pv_detail.render(
-            known_calciphylaxis=(f"{known.name} ({known.matched[0]})" if known else ""),
+            known_calciphylaxis=self._calciphylaxis_line(assessment),
             scope=scope, factors=self._factor_rows(firing),
             context=self._factor_rows(assessment.context), unreadable=unreadable,
             pth_overdue=assessment.pth_overdue,
             pth_interval_days=self.knowledge.pth_interval_days)
         indicator = "critical" if critical else "warning"
         rules = [f.factor.id for f in firing] + (["known_calciphylaxis"] if critical else [])
-        return [self._card(rules, self._summary(self.pv_summary[indicator], items), indicator,
-                           self._detail(detail))]
+        return [self._card(rules, self._summary(self.pv_summary[indicator], items,
+                                                suspected=self._suspected(assessment)),
+                           indicator, self._detail(detail))]
 
     # -- order-select / order-sign -------------------------------------------------------------
     def order_cards(self, assessment: Assessment, patient_id: str) -> list[IssuedCard]:
@@ -301,16 +324,16 @@ class CardWriter:
             if (i := self._item(e)) and i != order.ingredient))
         critical = assessment.known_calciphylaxis is not None
         indicator = "critical" if critical else "warning"
-        known = assessment.known_calciphylaxis
         detail = self.order_detail.render(
-            known_calciphylaxis=(f"{known.name} ({known.matched[0]})" if known else ""),
+            known_calciphylaxis=self._calciphylaxis_line(assessment),
             order=order.name, drug=order.ingredient, factor=draft.finding.factor.label,
             action=self.actions.get(draft.finding.factor.id, ""),
             scope=self._scope_line(assessment, self.scope),
             factors=self._factor_rows(others), context=self._factor_rows(assessment.context),
             other_drafts=[m.name for m in draft.other_drafts],
             unreadable=self._unreadable_lines(assessment))
-        summary = self._summary(self.order_summary[indicator], items, drug=order.ingredient)
+        summary = self._summary(self.order_summary[indicator], items, drug=order.ingredient,
+                                suspected=self._suspected(assessment))
         suggestions = [self._replacement(order, s, patient_id) for s in draft.substitutes]
         rules = [draft.finding.factor.id] + (["known_calciphylaxis"] if critical else [])
         return self._card(rules, summary, indicator, self._detail(detail),
@@ -324,8 +347,8 @@ class CardWriter:
             "intent": "order",
             "subject": {"reference": f"Patient/{patient_id}"},
             "medicationCodeableConcept": {
-                "coding": [{"system": self.knowledge.systems["atc"],
-                            "code": substitute.atc_code, "display": substitute.atc_display}],
+                "coding": [{"system": system, "code": code, "display": display}
+                           for system, code, display in substitute.codings],
                 "text": substitute.display,
             },
         }

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from datetime import datetime, timedelta
+from datetime import datetime
 from urllib.parse import urlsplit
 
 import orjson
@@ -26,6 +26,7 @@ from .fhir_read import bundle_resources
 from .knowledge import Knowledge
 from .privacy import pseudonym
 from .protocol import HookRequest
+from .services import patient_searches
 
 log = logging.getLogger("cds_service.fhir")
 
@@ -33,30 +34,6 @@ MAX_PAGES = 20
 PAGE_SIZE = 200
 # Keep a little of the budget for assessing and answering.
 ANSWER_MARGIN_SECONDS = 0.1
-
-
-def _queries(knowledge: Knowledge, patient_id: str, now: datetime,
-             page_size: int = PAGE_SIZE) -> dict[str, tuple[str, dict]]:
-    """Per prefetch key: (resource path, search parameters) asking only for what the rules read."""
-    loinc = ",".join(f"http://loinc.org|{code}" for code in sorted(knowledge.lab_by_loinc))
-    oldest_lab = max(lab.window_days for lab in knowledge.labs.values())
-    since_labs = (now - timedelta(days=oldest_lab + 1)).date().isoformat()
-    since_dialysis = (now - timedelta(days=knowledge.dialysis_recency_days + 1)).date().isoformat()
-    count = str(page_size)
-    return {
-        "patient": (f"Patient/{patient_id}", {}),
-        "conditions": ("Condition", {"patient": patient_id, "_count": count}),
-        "procedures": ("Procedure", {"patient": patient_id, "date": f"ge{since_dialysis}",
-                                     "_sort": "-date", "_count": count}),
-        "medications": ("MedicationRequest", {
-            "patient": patient_id, "status": "active,on-hold",
-            "_include": "MedicationRequest:medication", "_count": count}),
-        "medicationStatements": ("MedicationStatement", {"patient": patient_id,
-                                                         "status": "active", "_count": count}),
-        "observations": ("Observation", {"patient": patient_id, "code": loinc,
-                                         "date": f"ge{since_labs}", "_sort": "-date",
-                                         "_count": count}),
-    }
 
 
 class FetchStats:
@@ -85,6 +62,7 @@ class FhirFetcher:
         self.settings = settings
         self.page_size = page_size
         self.knowledge = knowledge
+        self.searches = patient_searches(knowledge)
         self.session = requests.Session()
         retry = Retry(total=2, connect=1, read=0, status=1, other=0,
                       status_forcelist=(502, 503, 504), allowed_methods=frozenset({"GET"}),
@@ -100,7 +78,8 @@ class FhirFetcher:
     def fetch(self, request: HookRequest, keys: list[str], now: datetime, deadline: float,
               stats: FetchStats) -> dict[str, list[dict]]:
         base = self._base(request)
-        queries = _queries(self.knowledge, request.patient_id, now, self.page_size)
+        queries = {search.key: search.fallback(request.patient_id, now, self.page_size)
+                   for search in self.searches}
         futures = {self.executor.submit(self._search_all, request, base, *queries[key],
                                         deadline, stats): key for key in keys}
         done, pending = wait(futures, timeout=max(0.0, deadline - time.monotonic()),

@@ -55,6 +55,23 @@ def concept_text(concept: Any) -> str:
     return " ".join(d for _s, _c, d in codings(concept) if d)
 
 
+def as_list(value: Any) -> list:
+    """A FHIR array element as a list, tolerating a single object where the array belongs."""
+    if isinstance(value, list):
+        return value
+    return [] if value is None else [value]
+
+
+def medication_reference(reference: Any) -> str | None:
+    """"#id" of a contained Medication, or "Medication/id" (also from an absolute URL)."""
+    ref = reference.get("reference") if isinstance(reference, dict) else None
+    if not isinstance(ref, str) or not ref:
+        return None
+    if ref.startswith("#"):
+        return ref
+    return "Medication/" + ref.split("/_history/")[0].rsplit("Medication/", 1)[-1]
+
+
 def reference_of(value: Any) -> str | None:
     if isinstance(value, dict) and isinstance(value.get("reference"), str):
         return value["reference"]
@@ -161,13 +178,11 @@ def unresolved_medications(resources: list[dict]) -> list[str]:
     wanted = []
     for resource in resources:
         if not isinstance(resource, dict) or resource.get("resourceType") not in (
-                "MedicationRequest", "MedicationStatement"):
+                "MedicationRequest", "MedicationStatement", "MedicationAdministration"):
             continue
-        reference = resource.get("medicationReference")
-        ref = reference.get("reference") if isinstance(reference, dict) else None
-        if not isinstance(ref, str) or ref.startswith("#"):
+        ref = medication_reference(resource.get("medicationReference"))
+        if ref is None or ref.startswith("#"):
             continue
-        ref = "Medication/" + ref.split("/_history/")[0].rsplit("Medication/", 1)[-1]
         if ref not in present and ref not in wanted and "/" not in ref[len("Medication/"):]:
             wanted.append(ref)
     return wanted

@@ -20,7 +20,7 @@ from .patient_record import build_record
 from .prefetch import Fetcher, NoFetcher, gather
 from .protocol import HookRequest, parse_request
 from .record import PatientRecord
-from .services import SERVICES, Service
+from .services import SERVICES, Service, patient_searches
 
 
 @dataclass(frozen=True)
@@ -37,11 +37,12 @@ class HookEngine:
         self.writer = writer
         self.fetcher = fetcher or NoFetcher()
         self.deadline_seconds = deadline_seconds
+        self.searches = patient_searches(knowledge)
 
     def record_for(self, request: HookRequest, now: datetime,
                    stats: FetchStats | None = None) -> PatientRecord:
         deadline = time.monotonic() + self.deadline_seconds - ANSWER_MARGIN_SECONDS
-        data = gather(request, self.fetcher, now, deadline, stats or FetchStats())
+        data = gather(request, self.searches, self.fetcher, now, deadline, stats or FetchStats())
         return build_record(self.knowledge, request.patient_id, data.resources,
                             request.draft_orders, tuple(data.known_empty), as_of=now)
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from .errors import DataUnavailable
 from .fhir_read import bundle_resources, unresolved_medications
+from .fhir_time import parse_instant, raw_period_end
 from .protocol import HookRequest
-from .services import PREFETCH
+from .services import PatientSearch
 
 
 @dataclass
@@ -52,11 +53,28 @@ def _has_next_page(bundle: dict) -> bool:
         isinstance(link, dict) and link.get("relation") == "next" for link in links)
 
 
-def gather(request: HookRequest, fetcher: Fetcher, now: datetime, deadline: float,
-           stats) -> PatientData:
+def _when(resource: dict) -> datetime | None:
+    return (raw_period_end(resource.get("period")) or parse_instant(
+        resource.get("effectiveDateTime")) or raw_period_end(resource.get("effectivePeriod")))
+
+
+def _first_page_suffices(search: PatientSearch, bundle: dict, now: datetime) -> bool:
+    """A paged search sorted newest first whose first page already reaches past the window the
+    rules read holds everything they need: its later pages are not fetched."""
+    if not search.sort_template or search.window_days is None:
+        return False
+    dates = [_when(r) for r in bundle_resources(bundle)]
+    if not dates or any(d is None for d in dates) or dates != sorted(dates, reverse=True):
+        return False
+    return dates[-1] < now - timedelta(days=search.window_days)
+
+
+def gather(request: HookRequest, searches: tuple[PatientSearch, ...], fetcher: Fetcher,
+           now: datetime, deadline: float, stats) -> PatientData:
     data = PatientData()
     to_fetch = []
-    for key in PREFETCH:
+    for search in searches:
+        key = search.key
         value = request.prefetch.get(key, ...)
         if value is ...:
             to_fetch.append(key)
@@ -64,7 +82,8 @@ def gather(request: HookRequest, fetcher: Fetcher, now: datetime, deadline: floa
             data.known_empty.append(key)
         elif value.get("resourceType") == "OperationOutcome":
             to_fetch.append(key)
-        elif value.get("resourceType") == "Bundle" and _has_next_page(value):
+        elif (value.get("resourceType") == "Bundle" and _has_next_page(value)
+              and not _first_page_suffices(search, value, now)):
             # A paged prefetch holds only its first page: the fetch reads the whole search.
             to_fetch.append(key)
         else:

@@ -25,8 +25,10 @@ class Medication:
     status: str
     is_draft: bool
     date: datetime | None  # authoredOn / effective / asserted
-    ends: datetime | None = None  # validity or effective period end, when given
+    ends: datetime | None = None  # effective period or dosage bounds end, when given
     excluded_because: str | None = None
+    # "order" (MedicationRequest), "statement", "administration" (a dose given) or "draft"
+    kind: str = "order"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,8 +37,8 @@ class LabResult:
     lab: str  # "pth", "phosphate", ...
     loinc: str
     value: float | None  # in the lab's canonical unit; None when unreadable
-    comparator: str | None
-    reported_value: str  # as sent, for the card ("170")
+    comparator: str | None  # "<", "<=", ">=", ">": the value is a bound, not a measurement
+    reported_value: str  # as sent, for the card ("170", ">2500")
     reported_unit: str  # as sent ("pmol/L")
     effective: datetime
     status: str
@@ -54,16 +56,22 @@ class ConditionEntry:
     verification_status: str | None
     onset: datetime | None
     abated: bool
+    recorded: datetime | None = None  # recordedDate, else onset: when the chart said so
+    # What the chart's wording and verificationStatus say: confirmed, suspected or prior.
+    certainty: str = "confirmed"
 
 
 @dataclass(frozen=True, slots=True)
 class ProcedureEntry:
-    reference: str
-    concept: str  # "dialysis"
-    code: str
+    """A dialysis session or kidney transplant, from a Procedure or an Encounter."""
+
+    reference: str  # "Procedure/x" or "Encounter/y"
+    concept: str  # "dialysis" | "kidney_transplant"
+    code: str  # the code or phrase that identified it
     name: str
     status: str
     performed: datetime | None
+    system: str = ""  # of `code`; "" when identified by text
 
 
 # Why a current medication order could not be read: its Medication was not sent (nor found).

@@ -23,9 +23,12 @@ def days_ago(n: float) -> datetime:
 
 
 def condition(concept: str, code: str = "X", status: str | None = "active",
-              abated: bool = False) -> ConditionEntry:
-    return ConditionEntry(f"Condition/{concept}", (concept,), (code,), concept, status,
-                          "confirmed", days_ago(1000), abated)
+              abated: bool = False, *, also: tuple[str, ...] = (), onset_days: float = 1000,
+              certainty: str = "confirmed") -> ConditionEntry:
+    concepts = (concept, *also)
+    return ConditionEntry(f"Condition/{concept}-{code}", concepts, (code,) * len(concepts),
+                          concept, status, "confirmed", days_ago(onset_days), abated,
+                          days_ago(onset_days), certainty)
 
 
 def dialysis(on: datetime) -> ProcedureEntry:
@@ -95,10 +98,77 @@ def test_transplant_with_resolved_esrd_and_no_recent_dialysis_is_out_of_scope(kn
     assert not result.in_scope and "transplant" in result.scope_reason
 
 
-def test_transplant_with_active_esrd_or_dialysis_dependence_stays_in_scope(knowledge):
+def test_dialysis_dependence_recorded_after_a_transplant_keeps_the_patient_in_scope(knowledge):
     """A failed graft back on dialysis, in an EHR that records no dialysis Procedures."""
-    record = PatientRecord("p1", conditions=[condition("esrd_on_dialysis", "Z99.2"),
-                                             condition("kidney_transplant", "Z94.0")])
+    record = PatientRecord("p1", conditions=[
+        condition("esrd_on_dialysis", "Z99.2", also=("dialysis_dependence",), onset_days=30),
+        condition("kidney_transplant", "Z94.0", onset_days=700)])
+    result = assess(record, knowledge, NOW)
+    assert result.in_scope and "after kidney transplant" in result.scope_reason
+
+
+def test_esrd_left_on_the_problem_list_after_a_transplant_is_out_of_scope(knowledge):
+    """Problem lists are rarely cleaned: N18.6 from before the transplant does not count."""
+    record = PatientRecord("p1", conditions=[
+        condition("esrd_on_dialysis", "N18.6", onset_days=2000),
+        condition("kidney_transplant", "Z94.0", onset_days=700)])
+    assert not assess(record, knowledge, NOW).in_scope
+
+
+def test_dialysis_dependence_recorded_before_the_transplant_does_not_count(knowledge):
+    record = PatientRecord("p1", conditions=[
+        condition("esrd_on_dialysis", "Z99.2", also=("dialysis_dependence",), onset_days=900),
+        condition("kidney_transplant", "Z94.0", onset_days=700)])
+    assert not assess(record, knowledge, NOW).in_scope
+
+
+def transplant(on: datetime) -> ProcedureEntry:
+    return ProcedureEntry("Procedure/tx", "kidney_transplant", "70536003",
+                          "Transplant of kidney", "completed", on, "http://snomed.info/sct")
+
+
+def test_transplant_after_the_last_dialysis_ends_scope_despite_active_esrd(knowledge):
+    record = PatientRecord("p1", conditions=[condition("esrd_on_dialysis", "N18.6")],
+                           procedures=[dialysis(days_ago(60)), transplant(days_ago(50))])
+    assert not assess(record, knowledge, NOW).in_scope
+
+
+def test_dialysis_for_delayed_graft_function_that_stopped_does_not_count(knowledge):
+    record = PatientRecord("p1", conditions=[condition("esrd_on_dialysis", "N18.6")],
+                           procedures=[transplant(days_ago(60)), dialysis(days_ago(52))])
+    assert not assess(record, knowledge, NOW).in_scope
+
+
+def test_dialysis_after_a_transplant_in_the_last_14_days_is_graft_failure(knowledge):
+    record = PatientRecord("p1", procedures=[transplant(days_ago(700)), dialysis(days_ago(13))])
+    assert assess(record, knowledge, NOW).in_scope
+    stopped = PatientRecord("p1", procedures=[transplant(days_ago(700)), dialysis(days_ago(15))])
+    assert not assess(stopped, knowledge, NOW).in_scope
+
+
+def cpt(code: str, on: datetime) -> ProcedureEntry:
+    return ProcedureEntry(f"Procedure/{code}", "dialysis", code, "Dialysis", "completed", on,
+                          "http://www.ama-assn.org/go/cpt")
+
+
+def test_cpt_90945_alone_with_acute_kidney_injury_is_acute_dialysis(knowledge):
+    record = PatientRecord("p1", conditions=[condition("acute_kidney_injury", "N17.9")],
+                           procedures=[cpt("90945", days_ago(3)), cpt("90947", days_ago(2))])
+    result = assess(record, knowledge, NOW)
+    assert not result.in_scope and "acute" in result.scope_reason
+
+
+@pytest.mark.parametrize("also", [
+    {"conditions": [condition("esrd_on_dialysis", "N18.6")]},  # a chronic diagnosis
+    {"procedures": [cpt("90935", days_ago(40))]},  # another session code in 90 days
+    {"conditions": []},  # no acute kidney injury: continuous PD is maintenance dialysis
+])
+def test_cpt_90945_counts_with_a_chronic_diagnosis_another_session_or_no_aki(knowledge, also):
+    record = PatientRecord("p1", procedures=[cpt("90945", days_ago(3))])
+    if also.get("conditions") != []:
+        record.conditions.append(condition("acute_kidney_injury", "N17.9"))
+    for key, values in also.items():
+        getattr(record, key).extend(values)
     assert assess(record, knowledge, NOW).in_scope
 
 
@@ -270,7 +340,8 @@ def test_lab_windows(knowledge, kind, window):
 
 @pytest.mark.parametrize("kind,value,fires", [
     ("phosphate", 1.78, False), ("phosphate", 1.79, True),
-    ("calcium", 2.55, False), ("calcium", 2.56, True),
+    # KDOQI 2003 publishes the calcium limit as 2.54 mmol/L (10.2 mg/dL / 4.008 = 2.545).
+    ("calcium", 2.54, False), ("calcium", 2.55, True),
 ])
 def test_mmol_limits_are_compared_as_published_not_after_rounding(knowledge, kind, value,
                                                                   fires):

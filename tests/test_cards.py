@@ -9,7 +9,7 @@ import pytest
 
 from cds_service.assessment import assess
 from cds_service.cards import CARDS_DIR, CardTemplates, CardWriter, TemplateError
-from cds_service.record import ConditionEntry, Medication, PatientRecord, ProcedureEntry
+from cds_service.record import ConditionEntry, LabResult, Medication, PatientRecord, ProcedureEntry
 
 NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
 
@@ -54,8 +54,19 @@ def test_chart_text_cannot_inject_markdown(knowledge, writer):
                name="warfarin **STOP NOW** [click](http://evil.example) <script>")
     [issued] = writer.patient_view(assess(in_scope_record(evil), knowledge, NOW))
     detail = issued.card["detail"]
-    assert r"\*\*STOP NOW\*\*" in detail and r"\[click\]" in detail and r"\<script\>" in detail
+    # "<" is escaped where it could open an HTML tag; ">" alone opens nothing mid-line.
+    assert r"\*\*STOP NOW\*\*" in detail and r"\[click\]" in detail and r"\<script>" in detail
     assert "**Modifiable risk factors**" in detail  # the template's own Markdown is intact
+
+
+def test_a_bound_reported_by_the_lab_reads_as_sent(knowledge, writer):
+    """">2500 pg/mL" and "<10 pg/mL" are shown as the lab wrote them, not escaped."""
+    record = in_scope_record(med("vitamin_k_antagonist", "warfarin"))
+    record.labs.append(LabResult("Observation/p", "pth", "2731-8", 2500.0, ">", ">2500",
+                                 "pg/mL", NOW - timedelta(days=3), "final"))
+    [issued] = writer.patient_view(assess(record, knowledge, NOW))
+    assert "PTH >2500 pg/mL" in issued.card["detail"]
+    assert "PTH >2500 pg/mL" in issued.card["summary"]
 
 
 def test_critical_card_leads_with_the_drugs_to_stop(knowledge, writer):

@@ -57,7 +57,9 @@ def test_non_systemic_products_do_not_count(knowledge, codes, text):
                                   "sevelamer carbonate 800 MG", "lanthanum carbonate",
                                   "cinacalcet 30 mg", "apixaban 5 mg", "fludrocortisone 0.1 mg"])
 def test_medicines_outside_the_risk_classes_are_not_matched(knowledge, text):
-    assert classify(knowledge, text) is None
+    match = classify(knowledge, text)
+    # Non-calcium binders and calcimimetics are known (they gate advice) but are no risk factor.
+    assert match is None or knowledge.medicines.by_id[match.medicine_class].factor is None
 
 
 def test_name_matching_uses_whole_words(knowledge):
@@ -104,8 +106,9 @@ def test_dialysis_procedures(knowledge, system, code, expected):
 
 
 def test_thresholds_and_units_come_from_the_data_file(knowledge):
-    assert knowledge.factors["high_pth"].uln_multiple == 9.0
-    assert knowledge.factors["high_pth"].default_uln == 65.0
+    [pth] = knowledge.factors["high_pth"].labs
+    assert (pth.lab, pth.comparison, pth.uln_multiple, pth.default_uln) == (
+        "pth", "above", 9.0, 65.0)
     assert knowledge.labs["pth"].units["pmol/L"] == 9.43
     assert knowledge.labs["phosphate"].units["mmol/L"] == 3.097
     assert knowledge.labs["calcium"].units["mmol/L"] == 4.008

@@ -117,7 +117,9 @@ def test_datetime_without_zone_is_read_as_utc(knowledge):
 
 
 def test_invalid_resource_is_skipped_with_a_reason(knowledge):
-    built = record(med_request(status="active", authoredOn="not a date"), knowledge=knowledge)
+    built = record(med_request(status="active", authoredOn="not a date",
+                               medicationCodeableConcept={"text": "warfarin 5 mg"}),
+                   knowledge=knowledge)
     assert built.medications == []
     assert "invalid MedicationRequest" in built.unreadable[0].reason
 
