@@ -67,6 +67,19 @@ def serve(host: str | None, port: int | None, config_path: str | None,
     Server().run()
 
 
+# The project's fixtures say the "now" they were written for, so that evaluating one gives the
+# same cards next year as today. Only `evaluate` reads it: the HTTP service never lets a request
+# set its clock.
+FIXTURE_EXTENSION = "calciphylaxis-cds.fixture"
+
+
+def _fixture_time(body: object) -> str | None:
+    extension = body.get("extension") if isinstance(body, dict) else None
+    fixture = extension.get(FIXTURE_EXTENSION) if isinstance(extension, dict) else None
+    when = fixture.get("evaluationTime") if isinstance(fixture, dict) else None
+    return when if isinstance(when, str) else None
+
+
 def _print_cards(response: dict) -> None:
     cards = response["cards"]
     if not cards:
@@ -82,7 +95,8 @@ def _print_cards(response: dict) -> None:
 
 @main.command()
 @click.argument("request_file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--now", "now_text", help="Evaluate as of this ISO instant (default: now).")
+@click.option("--now", "now_text", help="Evaluate as of this ISO instant (default: the time a "
+              "project fixture was written for, else now).")
 @click.option("--json", "as_json", is_flag=True, help="Print the CDS Hooks response as JSON.")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False))
 def evaluate(request_file: str, now_text: str | None, as_json: bool,
@@ -101,13 +115,18 @@ def evaluate(request_file: str, now_text: str | None, as_json: bool,
     except orjson.JSONDecodeError as exc:
         raise click.ClickException(f"{request_file} is not valid JSON: {exc}") from exc
     now = datetime.now(UTC)
-    if now_text:
+    fixture_time = _fixture_time(body)
+    if now_text or fixture_time:
         try:
-            now = datetime.fromisoformat(now_text.replace("Z", "+00:00"))
+            now = datetime.fromisoformat((now_text or fixture_time).replace("Z", "+00:00"))
         except ValueError as exc:
             raise click.BadParameter("give an ISO 8601 instant, e.g. 2026-11-20T12:00:00Z",
-                                     param_hint="--now") from exc
+                                     param_hint="--now" if now_text else "the request file")\
+                from exc
         now = now if now.tzinfo else now.replace(tzinfo=UTC)
+        if not now_text:
+            click.echo(f"Evaluated as of {fixture_time}, the time the fixture was written for "
+                       "(--now to change it).", err=True)
     service = service_for_hook(body.get("hook", "") if isinstance(body, dict) else "")
     if service is None:
         raise click.ClickException("the request's hook is not one this service serves")

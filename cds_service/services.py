@@ -56,7 +56,6 @@ def patient_searches(knowledge: Knowledge) -> tuple[PatientSearch, ...]:
     there is also asked for here. Procedures have no date window: a kidney transplant years ago
     still decides dialysis scope."""
     statuses = knowledge.statuses
-    loinc = knowledge.systems["loinc"]
     return (
         PatientSearch("patient", "Patient", read=True),
         PatientSearch("conditions", "Condition"),
@@ -72,23 +71,18 @@ def patient_searches(knowledge: Knowledge) -> tuple[PatientSearch, ...]:
             ("status", ",".join(sorted(statuses.medication_administration))),
             ("_include", "MedicationAdministration:medication")),
             window_days=knowledge.administration_recency_days, date_param="effective-time"),
-        # Only the labs the rules read (PTH, phosphate, calcium, albumin, BMI).
+        # Only the labs the rules read (PTH, phosphate, calcium, albumin, BMI), by code alone:
+        # a lab stored under LOINC's OID URI must be found too (the record builder then reads
+        # only LOINC codes, whatever their spelling). It also keeps the template short.
         PatientSearch("observations", "Observation", (
-            ("code", ",".join(f"{loinc}|{code}" for code in sorted(knowledge.lab_by_loinc))),),
+            ("code", ",".join(sorted(knowledge.lab_by_loinc))),),
             window_days=max(lab.window_days for lab in knowledge.labs.values())),
     )
 
 
 def prefetch_templates(knowledge: Knowledge) -> dict[str, str]:
-    """The templates discovery declares (short: long URLs break clients, so the LOINC codes go
-    without their system, which the fallback query spells out)."""
-    templates = {}
-    for search in patient_searches(knowledge):
-        template = search.template()
-        if search.key == "observations":
-            template = template.replace(knowledge.systems["loinc"] + "|", "")
-        templates[search.key] = template
-    return templates
+    """The templates discovery declares: short, since long URLs break clients."""
+    return {search.key: search.template() for search in patient_searches(knowledge)}
 
 
 # Prefetch key -> the FHIR resource type it holds.

@@ -405,3 +405,75 @@ def test_assessment_reads_no_clock(knowledge):
                            labs=[lab("pth", 1514, datetime(2020, 1, 1, tzinfo=UTC))])
     assert "high_pth" in factor_ids(assess(record, knowledge, datetime(2020, 2, 1, tzinfo=UTC)))
     assert not assess(record, knowledge, NOW).in_scope
+
+
+# --- bounds, other calcium kinds, doses given, suspicion --------------------------------------
+@pytest.mark.parametrize("comparator,value,fires", [
+    (">", 585, True),  # > 585 is above 585
+    (">=", 585, False),  # could be exactly 585
+    (">=", 586, True),
+    ("<", 2000, False), ("<=", 2000, False),  # an upper bound is never high
+    (None, 586, True), (None, 585, False),
+])
+def test_a_bound_counts_as_high_only_when_it_is_above_the_threshold(knowledge, comparator,
+                                                                     value, fires):
+    result = assess(on_dialysis(labs=[lab("pth", value, days_ago(5), comparator=comparator)]),
+                    knowledge, NOW)
+    assert ("high_pth" in factor_ids(result)) is fires
+
+
+@pytest.mark.parametrize("comparator,value,low", [
+    ("<", 3.5, True), ("<=", 3.5, False), ("<=", 3.4, True), (">", 2.0, False), (None, 3.4, True),
+])
+def test_a_bound_counts_as_low_only_when_it_is_below_the_threshold(knowledge, comparator, value,
+                                                                    low):
+    albumin = LabResult("Observation/alb", "albumin", "1751-7", value, comparator, str(value),
+                        "g/dL", days_ago(5), "final")
+    result = assess(on_dialysis(labs=[albumin]), knowledge, NOW)
+    assert ("low_albumin" in factor_ids(result)) is low
+
+
+@pytest.mark.parametrize("kind,value,unit,fires", [
+    ("ionized_calcium", 1.33, "mmol/L", True), ("ionized_calcium", 1.32, "mmol/L", False),
+    ("ionized_calcium", 5.4, "mg/dL", True), ("ionized_calcium", 5.29, "mg/dL", False),
+    ("corrected_calcium", 2.55, "mmol/L", True), ("corrected_calcium", 2.54, "mmol/L", False),
+    ("corrected_calcium", 10.2, "mg/dL", False), ("corrected_calcium", 10.3, "mg/dL", True),
+])
+def test_ionized_and_corrected_calcium_use_their_own_limits(knowledge, kind, value, unit, fires):
+    canonical = value * knowledge.labs[kind].units[unit]
+    result = LabResult(f"Observation/{kind}", kind, "x", canonical, None, str(value), unit,
+                       days_ago(5), "final")
+    assessment = assess(on_dialysis(labs=[result]), knowledge, NOW)
+    assert ("hypercalcemia" in factor_ids(assessment)) is fires
+
+
+def test_each_calcium_kind_is_read_on_its_own_newest_result(knowledge):
+    """A normal total calcium does not hide a high ionized calcium measured the day before."""
+    total = LabResult("Observation/ca", "calcium", "17861-6", 9.0, None, "9.0", "mg/dL",
+                      days_ago(1), "final")
+    ionized = LabResult("Observation/ica", "ionized_calcium", "1994-3", 1.45, None, "1.45",
+                        "mmol/L", days_ago(2), "final")
+    finding = next(f for f in assess(on_dialysis(labs=[total, ionized]), knowledge,
+                                     NOW).findings if f.factor.id == "hypercalcemia")
+    assert [e.lab.lab for e in finding.evidence] == ["ionized_calcium"]
+
+
+def given(on: datetime) -> Medication:
+    return Medication("MedicationAdministration/a", "paricalcitol injection", "paricalcitol",
+                      "active_vitamin_d", "name", "completed", False, on, kind="administration")
+
+
+@pytest.mark.parametrize("days,current", [(0, True), (29, True), (31, False)])
+def test_a_dose_given_counts_as_current_use_for_30_days(knowledge, days, current):
+    result = assess(on_dialysis(medications=[given(days_ago(days))]), knowledge, NOW)
+    assert ("active_vitamin_d" in factor_ids(result)) is current
+
+
+@pytest.mark.parametrize("certainty,critical", [
+    ("confirmed", True), ("suspected", True), ("prior", False)])
+def test_known_or_suspected_calciphylaxis_is_critical_but_a_past_one_is_not(knowledge, certainty,
+                                                                             critical):
+    record = on_dialysis(medications=[medication("vitamin_k_antagonist", "warfarin")],
+                         conditions=[condition("calciphylaxis", "237900002",
+                                               certainty=certainty)])
+    assert (assess(record, knowledge, NOW).known_calciphylaxis is not None) is critical

@@ -141,3 +141,35 @@ def test_a_diagnosis_without_text_is_named_by_its_knowledge_label(knowledge, wri
                                           "active", "confirmed", None, False)
     [issued] = writer.patient_view(assess(record, knowledge, NOW))
     assert "On maintenance dialysis: end-stage renal disease (N18.6)." in issued.card["detail"]
+
+
+def test_substitute_orders_carry_rxnorm_clinical_drug_and_atc(knowledge, writer):
+    record = in_scope_record(med("calcium_binder", "calcium acetate",
+                                 ref="MedicationRequest/d1", draft=True))
+    [issued] = writer.order_cards(assess(record, knowledge, NOW), "p1")
+    created = {s["label"]: next(a for a in s["actions"] if a["type"] == "create")["resource"]
+               for s in issued.card["suggestions"]}
+    sevelamer = next(r for label, r in created.items() if "sevelamer" in label)
+    codes = {(c["system"], c["code"]) for c in sevelamer["medicationCodeableConcept"]["coding"]}
+    assert codes == {("http://www.nlm.nih.gov/research/umls/rxnorm", "749206"),
+                     ("http://www.whocc.no/atc", "V03AE02")}
+
+
+def test_suspected_calciphylaxis_is_worded_suspected(knowledge, writer):
+    record = in_scope_record(med("vitamin_k_antagonist", "warfarin"))
+    record.conditions.append(ConditionEntry(
+        "Condition/cua", ("calciphylaxis",), ("237900002",), "Possible calciphylaxis", "active",
+        "provisional", NOW - timedelta(days=3), False, certainty="suspected"))
+    [issued] = writer.patient_view(assess(record, knowledge, NOW))
+    assert issued.card["indicator"] == "critical"
+    assert issued.card["summary"].startswith("Suspected calciphylaxis")
+    assert "suspected" in issued.card["detail"] and "already diagnosed" not in issued.card[
+        "detail"]
+
+
+def test_a_dose_given_is_worded_as_given_with_its_date(knowledge, writer):
+    dose = Medication("MedicationAdministration/a", "Paricalcitol 5 mcg/mL injection",
+                      "paricalcitol", "active_vitamin_d", "name", "completed", False,
+                      NOW - timedelta(days=2), kind="administration")
+    [issued] = writer.patient_view(assess(in_scope_record(dose), knowledge, NOW))
+    assert "Paricalcitol 5 mcg/mL injection (given 2026-11-18)" in issued.card["detail"]

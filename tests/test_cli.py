@@ -140,3 +140,28 @@ def test_evaluate_unreadable_config_is_a_clean_error(tmp_path):
     config = tmp_path / "config.toml"
     config.write_text("this is = = not toml")
     assert_clean_failure(evaluate(REFERENCE, "--now", NOW, "--config", config), "config")
+
+
+def test_a_fixture_is_evaluated_as_of_the_time_it_was_written_for():
+    """The README's example keeps showing a card next year: fixtures carry their own 'now'."""
+    result = evaluate(REFERENCE)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == evaluate(REFERENCE, "--now", NOW).stdout
+    assert result.stdout.startswith("[WARNING]")
+    assert NOW in result.stderr
+
+
+def test_now_given_on_the_command_line_wins_over_the_fixture_time():
+    a_year_later = NOW.replace(NOW[:4], str(int(NOW[:4]) + 1), 1)
+    result = evaluate(REFERENCE, "--now", a_year_later)
+    assert result.exit_code == 0, result.output
+    # A year later her PTH of 1514 pg/mL is too old to count: the card no longer names it.
+    first = result.stdout.splitlines()[0]
+    assert "calcium acetate" in first and "PTH" not in first
+
+
+def test_the_http_service_never_takes_its_clock_from_a_request(client):
+    body = json.loads(REFERENCE.read_text())
+    body["extension"]["calciphylaxis-cds.fixture"]["evaluationTime"] = "2031-01-01T00:00:00Z"
+    response = client.post("/cds-services/calciphylaxis-patient-view", json=body)
+    assert [c["indicator"] for c in response.get_json()["cards"]] == ["warning"]

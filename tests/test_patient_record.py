@@ -223,3 +223,157 @@ def test_an_active_order_past_its_dispensing_validity_is_still_current(knowledge
     order = med_request(dispenseRequest={"validityPeriod": {"end": "2026-10-01"}},
                         medicationCodeableConcept={"text": "warfarin 5 mg"})
     assert record(order, knowledge=knowledge).medications[0].ends is None
+
+
+# --- real-world shapes (issue: read what real EHRs send) -------------------------------------
+SNOMED = "http://snomed.info/sct"
+RANGE = "http://terminology.hl7.org/CodeSystem/referencerange-meaning"
+
+
+def pth_with_ranges(*ranges):
+    return observation(700, "pg/mL", referenceRange=list(ranges))
+
+
+def high(value, kind=None):
+    found = {"high": {"value": value, "unit": "pg/mL", "system": UCUM, "code": "pg/mL"}}
+    if kind:
+        found["type"] = {"coding": [{"system": RANGE, "code": kind}]}
+    return found
+
+
+@pytest.mark.parametrize("ranges,uln", [
+    ([high(585, "treatment"), high(65)], 65.0),  # the target range listed first is skipped
+    ([high(65, "normal")], 65.0),
+    ([high(585, "recommended")], None),  # only a target: the default ULN applies later
+    ([high(585, "therapeutic"), high(88, "normal")], 88.0),
+])
+def test_only_a_normal_range_gives_the_upper_limit(knowledge, ranges, uln):
+    assert record(pth_with_ranges(*ranges), knowledge=knowledge).labs[0].reference_high == uln
+
+
+@pytest.mark.parametrize("code,lab", [
+    ("1994-3", "ionized_calcium"), ("29265-6", "corrected_calcium"), ("61151-7", "albumin"),
+    ("61152-5", "albumin"),
+])
+def test_more_laboratory_codes_are_read(knowledge, code, lab):
+    unit = "g/dL" if lab == "albumin" else "mmol/L"
+    assert record(observation(1.4, unit, code=code), knowledge=knowledge).labs[0].lab == lab
+
+
+def test_a_value_string_result_is_read_with_its_comparator(knowledge):
+    resource = observation(1, "pg/mL")
+    del resource["valueQuantity"]
+    resource["valueString"] = ">2500 pg/mL"
+    lab = record(resource, knowledge=knowledge).labs[0]
+    assert (lab.value, lab.comparator, lab.reported_value) == (2500.0, ">", ">2500")
+
+
+def bounded(rid, *, end=None, duration=None, authored="2026-10-01", status="active"):
+    repeat = {}
+    if end:
+        repeat["boundsPeriod"] = {"start": "2026-09-01", "end": end}
+    if duration:
+        repeat["boundsDuration"] = {"value": duration, "unit": "days", "system": UCUM,
+                                    "code": "d"}
+    return med_request(rid, status, authoredOn=authored,
+                       medicationCodeableConcept={"text": "prednisone 40 mg"},
+                       dosageInstruction=[{"text": "daily", "timing": {"repeat": repeat}}])
+
+
+def test_an_active_order_whose_bounds_ended_is_not_current(knowledge):
+    built = record(bounded("a", end="2026-11-10"), bounded("b", duration=14),
+                   bounded("c", end="2026-12-31"), bounded("d", duration=60), as_of=NOW,
+                   knowledge=knowledge)
+    assert sorted(m.reference for m in built.medications) == [
+        "MedicationRequest/c", "MedicationRequest/d"]
+
+
+def test_an_order_with_one_open_ended_instruction_has_no_end(knowledge):
+    order = bounded("a", end="2026-11-10")
+    order["dosageInstruction"].append({"text": "then 5 mg daily"})
+    assert record(order, as_of=NOW, knowledge=knowledge).medications[0].ends is None
+
+
+def administration(rid, when, status="completed", text="Paricalcitol 5 mcg/mL injection"):
+    return {"resourceType": "MedicationAdministration", "id": rid, "status": status,
+            "subject": {"reference": f"Patient/{PID}"}, "effectiveDateTime": when,
+            "medicationCodeableConcept": {"text": text},
+            "dosage": {"route": {"text": "Intravenous"}, "text": "given at dialysis"}}
+
+
+def test_the_newest_recent_dose_given_of_each_medicine_is_read(knowledge):
+    built = record(administration("a1", "2026-11-18T10:00:00Z"),
+                   administration("a2", "2026-11-15T10:00:00Z"),
+                   administration("a3", "2026-11-19T10:00:00Z", status="not-done"),
+                   administration("a4", "2026-11-17T10:00:00Z", status="entered-in-error"),
+                   administration("a5", "2026-08-01T10:00:00Z",
+                                  text="Doxercalciferol 4 mcg injection"),
+                   as_of=NOW, knowledge=knowledge)
+    assert [(m.reference, m.kind) for m in built.medications] == [
+        ("MedicationAdministration/a1", "administration")]
+
+
+def dialysis_visit(rid, when, status="finished", **kind):
+    resource = {"resourceType": "Encounter", "id": rid, "status": status,
+                "class": {"code": "AMB"}, "subject": {"reference": f"Patient/{PID}"},
+                "period": {"start": when}}
+    resource.update(kind or {"type": [{"coding": [{"system": SNOMED, "code": "302497006"}]}]})
+    return resource
+
+
+def test_dialysis_encounters_count_like_sessions_but_not_cancelled_ones(knowledge):
+    built = record(dialysis_visit("e1", "2026-11-18"),
+                   dialysis_visit("e2", "2026-11-19", status="cancelled"),
+                   dialysis_visit("e3", "2026-11-17", reasonCode=[{"text": "Hemodialysis"}]),
+                   as_of=NOW, knowledge=knowledge)
+    assert [p.reference for p in built.procedures] == ["Encounter/e1"]
+
+
+def test_local_procedure_text_is_read_with_the_code_exclusions(knowledge):
+    def local(rid, text):
+        return {"resourceType": "Procedure", "id": rid, "status": "completed",
+                "subject": {"reference": f"Patient/{PID}"}, "performedDateTime": "2026-11-18",
+                "code": {"coding": [{"system": "urn:oid:1.2.840.114350.1.13.0.1.7.2.696580",
+                                     "code": "4471"}], "text": text}}
+    assert record(local("p1", "HEMODIALYSIS (OUTPATIENT)"), as_of=NOW,
+                  knowledge=knowledge).procedures[0].concept == "dialysis"
+    for text in ("Hemodialysis catheter insertion", "AV fistula creation for dialysis access",
+                 "CRRT (CVVHDF)", "Dialysis education"):
+        assert record(local("p2", text), as_of=NOW, knowledge=knowledge).procedures == []
+
+
+def test_single_dose_steroids_do_not_count_but_courses_do(knowledge):
+    def steroid(rid, text, count=None):
+        dosage = {"text": text}
+        if count:
+            dosage["timing"] = {"repeat": {"count": count}}
+        return med_request(rid, medicationCodeableConcept={"text": "dexamethasone 8 mg"},
+                           dosageInstruction=[dosage])
+    built = record(steroid("a", "8 mg IV once before chemotherapy"), steroid("b", "x1"),
+                   steroid("c", "8 mg", count=1), steroid("d", "4 mg once daily"),
+                   steroid("e", "4 mg twice daily for 5 days"), as_of=NOW, knowledge=knowledge)
+    counted = {m.reference for m in built.medications if not m.excluded_because}
+    assert counted == {"MedicationRequest/d", "MedicationRequest/e"}
+
+
+def test_orders_of_no_risk_class_are_not_validated(knowledge, monkeypatch):
+    """Most orders on a chart match no rule: they are skipped before fhir.resources runs."""
+    import cds_service.patient_record as builder
+
+    validated = []
+    real = builder.validate
+    monkeypatch.setattr(builder, "validate", lambda r: validated.append(r["id"]) or real(r))
+    record(med_request("amlodipine", medicationCodeableConcept={"text": "amlodipine 5 mg"}),
+           med_request("warfarin"), as_of=NOW, knowledge=knowledge)
+    assert validated == ["warfarin"]
+
+
+@pytest.mark.parametrize("text,ingredient", [
+    ("Warfarina sódica 5 mg", "warfarin"), ("acetato de calcio 667 mg", "calcium acetate"),
+    ("CARBONATO DE CALCIO 500 MG", "calcium carbonate"), ("Prednisona 5 mg", "prednisone"),
+    ("Metilprednisolona 4 mg", "methylprednisolone"), ("Ciclosporina 100 mg", "cyclosporine"),
+    ("Calcium citrate 950 mg", "calcium citrate"), ("Citrato de calcio", "calcium citrate"),
+])
+def test_spanish_names_and_calcium_citrate_are_recognised(knowledge, text, ingredient):
+    built = record(med_request(medicationCodeableConcept={"text": text}), knowledge=knowledge)
+    assert built.medications[0].ingredient == ingredient

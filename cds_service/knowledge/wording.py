@@ -24,6 +24,9 @@ SUSPECTED = "suspected"
 CONFIRMED = "confirmed"
 
 _GAP = r"[\s\-:(\[]+"  # what may stand between a trigger and the term
+# After the term, a comma may introduce a past or uncertain state ("calciphylaxis, resolved") but
+# not a negation ("calciphylaxis, absent pulses" still states calciphylaxis).
+_GAP_AFTER_STATE = r"[\s\-:(\[,]+"
 _MAX_FILLERS = 4
 
 
@@ -32,15 +35,27 @@ def _alternatives(phrases: list[str]) -> str:
     return "|".join(re.sub(r"(\\ | )+", r"\\s+", re.escape(p)) for p in ordered)
 
 
+def _split(triggers: list[str]) -> tuple[list[str], list[str]]:
+    """Word triggers need a gap from the term; symbols ("?") may touch it ("calciphylaxis?")."""
+    words = [t for t in triggers if t[0].isalnum() and t[-1].isalnum()]
+    return words, [t for t in triggers if t not in words]
+
+
 def _before(triggers: list[str], fillers: str, term: str) -> str:
-    # A trigger that ends in a symbol ("?", "r/o") may touch the term: "?calciphylaxis".
+    # A trigger that ends in a symbol ("?") may touch the term: "?calciphylaxis".
     return (rf"(?<![a-z0-9])(?:{_alternatives(triggers)})(?:(?<=[a-z0-9]){_GAP}|(?<![a-z0-9])"
             rf"[\s\-:(\[]*)(?:(?:{fillers}){_GAP}){{0,{_MAX_FILLERS}}}(?:{term})(?![a-z0-9])")
 
 
-def _after(triggers: list[str], fillers: str, term: str) -> str:
-    return (rf"(?<![a-z0-9])(?:{term}){_GAP}(?:(?:{fillers}){_GAP}){{0,{_MAX_FILLERS}}}"
-            rf"(?:{_alternatives(triggers)})(?![a-z0-9])")
+def _after(triggers: list[str], fillers: str, term: str, gap: str) -> str:
+    words, symbols = _split(triggers)
+    parts = []
+    if words:
+        parts.append(rf"{gap}(?:(?:{fillers}){gap}){{0,{_MAX_FILLERS}}}"
+                     rf"(?:{_alternatives(words)})(?![a-z0-9])")
+    if symbols:
+        parts.append(rf"[\s]*(?:{_alternatives(symbols)})")
+    return rf"(?<![a-z0-9])(?:{term})(?:{'|'.join(parts)})"
 
 
 @dataclass(frozen=True)
@@ -61,7 +76,8 @@ class Wording:
             if spec.get(f"{key}_before"):
                 parts.append(_before(spec[f"{key}_before"], before_fill or "(?!)", term))
             if spec.get(f"{key}_after"):
-                parts.append(_after(spec[f"{key}_after"], after_fill or "(?!)", term))
+                gap = _GAP if certainty == NEGATED else _GAP_AFTER_STATE
+                parts.append(_after(spec[f"{key}_after"], after_fill or "(?!)", term, gap))
             if parts:
                 rules.append((certainty, re.compile("|".join(parts), re.IGNORECASE)))
         return cls(tuple(rules))

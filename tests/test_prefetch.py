@@ -1,0 +1,85 @@
+"""Prefetch: one definition of each search serves discovery's template and the fallback query."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from cds_service.prefetch import gather
+from cds_service.services import patient_searches, prefetch_templates
+
+NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
+
+
+class Recorder:
+    """A fetcher that records what it was asked for (and has nothing to give)."""
+
+    def __init__(self):
+        self.keys: list[str] = []
+
+    def fetch(self, request, keys, now, deadline, stats):
+        self.keys += keys
+        return {key: [] for key in keys}
+
+    def read(self, request, references, deadline, stats):
+        return []
+
+
+class Request:
+    def __init__(self, prefetch):
+        self.prefetch = prefetch
+        self.draft_orders = []
+
+
+class Stats:
+    fetch_seconds = 0.0
+
+
+def test_discovery_asks_for_dialysis_encounters_and_doses_given(knowledge):
+    templates = prefetch_templates(knowledge)
+    assert templates["encounters"].startswith("Encounter?patient={{context.patientId}}")
+    assert templates["medicationAdministrations"] == (
+        "MedicationAdministration?patient={{context.patientId}}&status=completed,in-progress"
+        "&_include=MedicationAdministration:medication")
+
+
+def test_fallback_queries_ask_for_what_the_templates_ask_plus_a_date_window(knowledge):
+    searches = {s.key: s for s in patient_searches(knowledge)}
+    path, params = searches["medicationAdministrations"].fallback("p1", NOW, 50)
+    assert path == "MedicationAdministration"
+    assert params["status"] == "completed,in-progress"  # the same statuses as the template
+    assert params["effective-time"] == "ge2026-10-20" and params["_sort"] == "-effective-time"
+    _path, encounters = searches["encounters"].fallback("p1", NOW, 50)
+    assert encounters["date"] == "ge2026-08-21"
+    _path, procedures = searches["procedures"].fallback("p1", NOW, 50)
+    assert "date" not in procedures  # a transplant years ago still decides dialysis scope
+
+
+def visit(days: float) -> dict:
+    return {"resource": {"resourceType": "Encounter", "id": f"e{days}",
+                         "period": {"start": (NOW - timedelta(days=days)).isoformat()}}}
+
+
+def paged(*entries) -> dict:
+    return {"resourceType": "Bundle", "type": "searchset", "entry": list(entries),
+            "link": [{"relation": "next", "url": "http://fhir.example/next"}]}
+
+
+def everything_but(key: str, value) -> dict:
+    empty = {"resourceType": "Bundle", "type": "searchset"}
+    keys = ("patient", "conditions", "procedures", "encounters", "medications",
+            "medicationStatements", "medicationAdministrations", "observations")
+    return {k: (value if k == key else empty) for k in keys}
+
+
+def test_a_paged_newest_first_page_reaching_past_the_window_needs_no_fetch(knowledge):
+    fetcher = Recorder()
+    prefetch = everything_but("encounters", paged(visit(2), visit(40), visit(120)))
+    gather(Request(prefetch), patient_searches(knowledge), fetcher, NOW, 1e12, Stats())
+    assert fetcher.keys == []
+
+
+def test_a_paged_page_within_the_window_is_fetched_whole(knowledge):
+    fetcher = Recorder()
+    prefetch = everything_but("encounters", paged(visit(2), visit(40)))
+    gather(Request(prefetch), patient_searches(knowledge), fetcher, NOW, 1e12, Stats())
+    assert fetcher.keys == ["encounters"]
