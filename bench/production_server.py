@@ -77,12 +77,13 @@ def child_pids(parent: int) -> list[int]:
 
 # -- the server ---------------------------------------------------------------------------------
 class ProductionServer:
-    def __init__(self, workers: int, port: int | None = None) -> None:
+    def __init__(self, workers: int, port: int | None = None,
+                 command: Path | None = None) -> None:
         self.workers = workers
         self.port = port or free_port()
         self.base_url = f"http://{HOST}:{self.port}"
         self.command = [
-            str(CDS_SERVICE), "serve", "--host", HOST, "--port", str(self.port),
+            str(command or CDS_SERVICE), "serve", "--host", HOST, "--port", str(self.port),
             "--workers", str(workers),
         ]
         self.process: subprocess.Popen | None = None

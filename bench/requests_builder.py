@@ -102,6 +102,69 @@ def padded_request(reference: dict, synthea: tuple[dict, ...], size: int) -> dic
     return body
 
 
+FLOOR_RESOURCES = 223  # the issue's measurement: a 125 KB, 223-resource patient-view body
+DIALYSIS_WEEKS = 4
+ACTIVE_ORDERS = 20
+
+
+def _dated(days: float) -> str:
+    from datetime import UTC, datetime, timedelta
+
+    anchor = datetime.fromisoformat(json.loads(REFERENCE_REQUEST.read_text())["extension"][
+        "calciphylaxis-cds.fixture"]["evaluationTime"].replace("Z", "+00:00"))
+    return (anchor.astimezone(UTC) - timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def in_centre_month(patient_ref: str) -> tuple[list[dict], list[dict]]:
+    """Four weeks of thrice-weekly in-centre hemodialysis as an outpatient unit charts it: one
+    Encounter per session and the IV paricalcitol given at each (what fills the encounters and
+    medicationAdministrations prefetch keys)."""
+    visits, doses = [], []
+    for n in range(DIALYSIS_WEEKS * 3):
+        days = 1 + n * 7 / 3
+        visits.append({
+            "resourceType": "Encounter", "id": f"bench-hd-{n}", "status": "finished",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                      "code": "AMB", "display": "ambulatory"},
+            "type": [{"coding": [{"system": "http://snomed.info/sct", "code": "302497006",
+                                  "display": "Hemodialysis (procedure)"}],
+                      "text": "Hemodialysis"}],
+            "subject": {"reference": patient_ref},
+            "period": {"start": _dated(days), "end": _dated(days - 4 / 24)}})
+        doses.append({
+            "resourceType": "MedicationAdministration", "id": f"bench-pari-{n}",
+            "status": "completed",
+            "medicationCodeableConcept": {"text": "Paricalcitol 5 mcg/mL injection"},
+            "subject": {"reference": patient_ref}, "effectiveDateTime": _dated(days),
+            "dosage": {"text": "2 mcg IV at dialysis",
+                       "route": {"coding": [{"system": "http://snomed.info/sct",
+                                             "code": "47625008",
+                                             "display": "Intravenous route"}]}}})
+    return visits, doses
+
+
+def floor_request(size: int = FLOOR_RESOURCES) -> dict:
+    """The reference patient-view with a month of dialysis Encounters and doses given, padded with
+    Synthea resources to `size` resources in all."""
+    body = json.loads(REFERENCE_REQUEST.read_text(encoding="utf-8"))
+    patient_ref = f"Patient/{body['context']['patientId']}"
+    visits, doses = in_centre_month(patient_ref)
+    for key, resources in (("encounters", visits), ("medicationAdministrations", doses)):
+        bundle = body["prefetch"][key]
+        bundle["entry"] = [{"fullUrl": f"{FHIR_BASE}/{r['resourceType']}/{r['id']}",
+                            "resource": r, "search": {"mode": "match"}} for r in resources]
+        bundle["total"] = len(resources)
+    padded = padded_request(body, load_synthea_resources(), size)
+    # A dialysis patient takes 10-20 medicines: the padding's orders (Synthea's, mostly stopped)
+    # are made active up to ACTIVE_ORDERS, so that the orders the rules must look at and dismiss
+    # are as many as on a real chart.
+    orders = [e["resource"] for e in padded["prefetch"]["medications"]["entry"]
+              if e["resource"]["resourceType"] == "MedicationRequest"]
+    for order in orders[:ACTIVE_ORDERS]:
+        order["status"] = "active"
+    return padded
+
+
 # -- checks on answers --------------------------------------------------------------------------
 Check = Callable[[int, bytes], str | None]
 

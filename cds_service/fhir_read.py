@@ -12,9 +12,11 @@ shapes (on a copy) and otherwise reports why a resource could not be read.
 from __future__ import annotations
 
 import copy
+import hashlib
 import re
 from typing import Any
 
+import orjson
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
@@ -151,6 +153,44 @@ def validate(resource: dict) -> Any:
         except (TypeError, ValueError, RecursionError) as exc:
             raise Unreadable(f"invalid {resource_type}: {type(exc).__name__}") from None
     raise Unreadable(f"invalid {resource_type}: too many defects")
+
+
+class ValidationMemo:
+    """Verdicts of `validate` remembered by the resource's content, so that the same chart sent
+    again (a chart opened, then orders drafted and signed: the same prefetch three times) is not
+    validated again. Keyed by a 128-bit BLAKE2 digest of the canonical JSON, so no patient data
+    is kept; bounded: when full it starts again empty."""
+
+    def __init__(self, capacity: int = 50_000):
+        self.capacity = capacity
+        self._verdicts: dict[bytes, str | None] = {}
+
+    def check(self, resource: dict) -> None:
+        """Raise Unreadable exactly as `validate` would, for this resource's content."""
+        try:
+            key = hashlib.blake2b(orjson.dumps(resource, option=orjson.OPT_SORT_KEYS),
+                                  digest_size=16).digest()
+        except (TypeError, orjson.JSONEncodeError):
+            validate(resource)  # not JSON-encodable as is: validate every time
+            return
+        verdict = self._verdicts.get(key, ...)
+        if verdict is ...:
+            try:
+                validate(resource)
+                verdict = None
+            except Unreadable as exc:
+                verdict = str(exc)
+            if len(self._verdicts) >= self.capacity:
+                self._verdicts.clear()
+            self._verdicts[key] = verdict
+        if verdict is not None:
+            raise Unreadable(verdict)
+
+    def clear(self) -> None:
+        self._verdicts.clear()
+
+
+VALIDATION_MEMO = ValidationMemo()
 
 
 def bundle_resources(value: Any) -> list[dict]:

@@ -17,8 +17,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .assessment import FUTURE_SKEW
+from .fhir_read import (
+    VALIDATION_MEMO,
+    as_list,
+    belongs_to,
+    codings,
+    concept_text,
+    medication_reference,
+)
 from .fhir_read import Unreadable as UnreadableResource
-from .fhir_read import as_list, belongs_to, codings, concept_text, medication_reference, validate
 from .fhir_time import parse_instant, raw_period_end
 from .knowledge import SUSPECTED, Knowledge
 from .lab_values import read_value
@@ -89,7 +96,7 @@ class RecordBuilder:
             self._skip(resource, "belongs to another patient")
             return False
         try:
-            validate(resource)
+            VALIDATION_MEMO.check(resource)
         except UnreadableResource as exc:
             self._skip(resource, str(exc))
             return False
@@ -168,22 +175,25 @@ class RecordBuilder:
         ))
 
     # -- dialysis sessions and transplants: Procedures and Encounters --------------------------
-    def _event_concepts(self, found, text: str, when, resource: dict) -> None:
-        for concept_id, concept in self.knowledge.procedures.items():
-            hit = concept.match(found, text)
-            if hit is None:
-                continue
+    def _event_concepts(self, found, text: str, resource: dict) -> None:
+        for concept_id, hit in self.knowledge.procedure_index.match(found, text).items():
             key = next(((s, c) for s, c, _d in found if c == hit.matched), None)
-            self._events.setdefault(concept_id, []).append((when, resource, key))
+            self._events.setdefault(concept_id, []).append(
+                (self._performed(resource), resource, key))
 
     def _procedure(self, resource: dict) -> None:
         if resource.get("status") not in self.statuses.procedure:
             return
-        when = (parse_instant(resource.get("performedDateTime"))
+        self._event_concepts(self._codings(resource.get("code")),
+                             concept_text(resource.get("code")), resource)
+
+    @staticmethod
+    def _performed(resource: dict) -> datetime | None:
+        if resource.get("resourceType") == "Encounter":
+            return raw_period_end(resource.get("period"))
+        return (parse_instant(resource.get("performedDateTime"))
                 or raw_period_end(resource.get("performedPeriod"))
                 or parse_instant(resource.get("performedString")))
-        self._event_concepts(self._codings(resource.get("code")),
-                             concept_text(resource.get("code")), when, resource)
 
     def _encounter(self, resource: dict) -> None:
         if resource.get("status") not in self.statuses.encounter:
@@ -191,19 +201,16 @@ class RecordBuilder:
         concepts = [c for key in _ENCOUNTER_CONCEPTS for c in as_list(resource.get(key))]
         found = tuple(c for concept in concepts for c in self._codings(concept))
         text = " ; ".join(t for concept in concepts if (t := concept_text(concept)))
-        self._event_concepts(found, text, raw_period_end(resource.get("period")), resource)
+        self._event_concepts(found, text, resource)
 
     def _read_event(self, concept_id: str, resource: dict, key) -> ProcedureEntry | None:
         if not self._validated(resource):
             return None
         if resource["resourceType"] == "Encounter":
             concepts = [c for k in _ENCOUNTER_CONCEPTS for c in as_list(resource.get(k))]
-            when = raw_period_end(resource.get("period"))
         else:
             concepts = [resource.get("code")]
-            when = (parse_instant(resource.get("performedDateTime"))
-                    or raw_period_end(resource.get("performedPeriod"))
-                    or parse_instant(resource.get("performedString")))
+        when = self._performed(resource)
         name = next((t for c in concepts if (t := concept_text(c))), "")
         entry = ProcedureEntry(
             reference=self._ref(resource), concept=concept_id,
@@ -361,7 +368,7 @@ class RecordBuilder:
             return
         if medication is not None:
             try:
-                validate(medication)
+                VALIDATION_MEMO.check(medication)
             except UnreadableResource as exc:
                 self._skip(raw, f"referenced {exc}")
                 return

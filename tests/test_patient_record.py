@@ -358,14 +358,34 @@ def test_single_dose_steroids_do_not_count_but_courses_do(knowledge):
 
 def test_orders_of_no_risk_class_are_not_validated(knowledge, monkeypatch):
     """Most orders on a chart match no rule: they are skipped before fhir.resources runs."""
-    import cds_service.patient_record as builder
+    import cds_service.fhir_read as fhir_read
 
     validated = []
-    real = builder.validate
-    monkeypatch.setattr(builder, "validate", lambda r: validated.append(r["id"]) or real(r))
+    real = fhir_read.validate
+    monkeypatch.setattr(fhir_read, "validate", lambda r: validated.append(r["id"]) or real(r))
+    fhir_read.VALIDATION_MEMO.clear()
     record(med_request("amlodipine", medicationCodeableConcept={"text": "amlodipine 5 mg"}),
            med_request("warfarin"), as_of=NOW, knowledge=knowledge)
     assert validated == ["warfarin"]
+
+
+def test_the_same_content_is_validated_once_and_judged_the_same_again(knowledge, monkeypatch):
+    import cds_service.fhir_read as fhir_read
+
+    validated = []
+    real = fhir_read.validate
+    monkeypatch.setattr(fhir_read, "validate", lambda r: validated.append(r["id"]) or real(r))
+    fhir_read.VALIDATION_MEMO.clear()
+    bad = med_request("bad", authoredOn="not a date",
+                      medicationCodeableConcept={"text": "warfarin 5 mg"})
+    for _ in range(3):
+        built = record(med_request("good"), bad, as_of=NOW, knowledge=knowledge)
+        assert [m.reference for m in built.medications] == ["MedicationRequest/good"]
+        assert "invalid MedicationRequest" in built.unreadable[0].reason
+    assert sorted(validated) == ["bad", "good"]  # once each, then remembered
+    changed = med_request("good", status="on-hold")  # other content: validated afresh
+    record(changed, as_of=NOW, knowledge=knowledge)
+    assert sorted(validated) == ["bad", "good", "good"]
 
 
 @pytest.mark.parametrize("text,ingredient", [

@@ -191,6 +191,7 @@ def load_knowledge(directory: Path | None = None) -> Knowledge:
         for lid, s in spec["labs"].items()
     }
     conditions = {cid: read.concept(cid, s) for cid, s in spec["conditions"].items()}
+    procedures = {pid: read.concept(pid, s) for pid, s in spec["procedures"].items()}
     scope = spec["scope"]
     substitutes = tuple(
         Substitute(sid, s["display"],
@@ -208,7 +209,7 @@ def load_knowledge(directory: Path | None = None) -> Knowledge:
         administration_recency_days=int(spec["medication_use"]["administration_recency_days"]),
         pth_interval_days=int(spec["monitoring"]["pth_interval_days"]),
         conditions=conditions,
-        procedures={pid: read.concept(pid, s) for pid, s in spec["procedures"].items()},
+        procedures=procedures,
         medicines=MedicineIndex(
             tuple(read.medicine(mid, s) for mid, s in spec["medicines"].items()),
             read.uri("rxnorm"), read.uri("atc")),
@@ -217,6 +218,7 @@ def load_knowledge(directory: Path | None = None) -> Knowledge:
         unit_aliases={k.lower(): v for k, v in spec.get("unit_aliases", {}).items()},
         factors={fid: _factor(fid, s) for fid, s in spec["factors"].items()},
         condition_index=ConceptIndex(conditions),
+        procedure_index=ConceptIndex(procedures),
         statuses=Statuses(**{k: frozenset(v) for k, v in spec["statuses"].items()}),
         substitutes=substitutes,
         code_systems=systems,

@@ -9,11 +9,17 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from functools import lru_cache
+from types import MappingProxyType
 
 from .terminology import CodeKey, CodeSystems
 from .wording import CONFIRMED, NEGATED, NOT_A_DIAGNOSIS, Wording
 
 Codings = tuple[tuple[str, str, str], ...]  # canonical (system, code, display)
+# Distinct (codings, text) pairs whose verdict is remembered per process. Matching is pure (the
+# knowledge never changes while serving) and charts repeat the same codes and texts, so a
+# bounded cache turns most look-ups into one dict hit.
+MATCH_CACHE = 16384
 
 
 class KnowledgeError(ValueError):
@@ -115,9 +121,10 @@ class ConceptIndex:
             for key in concept.codes - concept.excluded:
                 exact.setdefault(key, []).append(concept.id)
         self.exact = {key: tuple(ids) for key, ids in exact.items()}
+        self.match = lru_cache(maxsize=MATCH_CACHE)(self._match)
 
-    def match(self, codings: Codings, text: str) -> dict[str, ConceptHit]:
-        """concept id -> what identifies it, in knowledge order."""
+    def _match(self, codings: Codings, text: str) -> MappingProxyType[str, ConceptHit]:
+        """concept id -> what identifies it, in knowledge order (read-only: it is shared)."""
         hits: dict[str, ConceptHit] = {}
         for system, code, _display in codings:
             for cid in self.exact.get((system, code), ()):
@@ -128,7 +135,7 @@ class ConceptIndex:
                 hits[concept.id] = hit
         if len(hits) > 1:
             hits = {cid: hits[cid] for cid in self.order if cid in hits}
-        return hits
+        return MappingProxyType(hits)
 
 
 @dataclass(frozen=True)
@@ -241,6 +248,7 @@ class MedicineIndex:
         patterns = [c.names.pattern for c in classes if c.names]
         patterns += [c.excluded_ingredients.pattern for c in classes if c.excluded_ingredients]
         self.any_name = re.compile("|".join(patterns), re.IGNORECASE) if patterns else None
+        self.classify = lru_cache(maxsize=MATCH_CACHE)(self._classify)
 
     def may_match(self, codings: Codings, names: str) -> bool:
         for system, code, _display in codings:
@@ -250,7 +258,7 @@ class MedicineIndex:
                 return True
         return bool(self.any_name and names and self.any_name.search(names))
 
-    def classify(self, codings: Codings, text: str, form_text: str = "") -> MedicineMatch | None:
+    def _classify(self, codings: Codings, text: str, form_text: str = "") -> MedicineMatch | None:
         """The first class a medicine belongs to (or is explicitly excluded from)."""
         names = fold(" ".join([text] + [d for _s, _c, d in codings if d]))
         if not self.may_match(codings, names):
@@ -351,6 +359,7 @@ class Knowledge:
     unit_aliases: dict[str, str]
     factors: dict[str, Factor]  # in card order
     condition_index: ConceptIndex
+    procedure_index: ConceptIndex
     statuses: Statuses
     substitutes: tuple[Substitute, ...]
     code_systems: CodeSystems = field(repr=False)

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 CodeKey = tuple[str, str]  # (canonical system URI, canonical code)
 
 # Distinct unknown system strings remembered per process: bounded, so hostile input cannot grow it.
 _UNKNOWN_CACHE_LIMIT = 4096
+# Codes seen recently, normalised once: a chart repeats the same few hundred codes.
+_CANONICAL_CACHE = 32768
 
 
 def system_key(uri: str) -> str:
@@ -65,8 +68,9 @@ class CodeSystems:
         self._routes = {k: tuple(sorted(v, key=lambda r: r.codes is None))
                         for k, v in routes.items()}
         self._unknown: set[str] = set()
+        self.canonical = lru_cache(maxsize=_CANONICAL_CACHE)(self._canonical)
 
-    def canonical(self, system: str, code: str) -> CodeKey:
+    def _canonical(self, system: str, code: str) -> CodeKey:
         """The canonical (system URI, code) of a coding; unknown systems pass through."""
         code = code.strip()
         if not system or system in self._unknown:
