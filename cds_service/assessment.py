@@ -76,6 +76,8 @@ class Assessment:
     not_counted: list[Medication] = field(default_factory=list)
     # Current orders whose medicine could not be read: said on the card, never guessed.
     unresolved_orders: int = 0
+    # Prefetch keys that were neither sent nor readable (optional evidence): said on the card.
+    unavailable_data: tuple[str, ...] = ()
 
     @property
     def firing(self) -> list[Finding]:
@@ -313,4 +315,5 @@ def assess(record: PatientRecord, knowledge: Knowledge, now: datetime,
         lab_notes=notes,
         not_counted=[m for m in record.medications if m.excluded_because],
         unresolved_orders=sum(u.reason == UNRESOLVED_MEDICATION for u in record.unreadable),
+        unavailable_data=record.unavailable,
     )

@@ -143,7 +143,7 @@ class CardWriter:
         self.footer = f"{spec['scope_note']}\n\n{spec['references'].strip()}"
         self.evidence = {k: md("evidence", k) for k in
                          ("medication", "administration", "lab", "condition", "unreadable_lab",
-                          "unreadable_medication")}
+                          "unreadable_medication", "unavailable_data")}
         self.calciphylaxis = {k: md("calciphylaxis", k) for k in ("confirmed", "suspected")}
         self.items = {k: get("summary_items", k) for k in ("medication", "lab")}
         self.actions = dict(spec["actions"])
@@ -251,6 +251,9 @@ class CardWriter:
         if assessment.unresolved_orders:
             lines.append(Rendered(self.evidence["unreadable_medication"].render(
                 count=assessment.unresolved_orders)))
+        if assessment.unavailable_data:
+            lines.append(Rendered(self.evidence["unavailable_data"].render(
+                what=[self.t.spec["data_labels"].get(k, k) for k in assessment.unavailable_data])))
         return lines
 
     def _summary(self, template, items: list[str], **values) -> str:

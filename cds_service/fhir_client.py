@@ -76,22 +76,36 @@ class FhirFetcher:
 
     # -- public --------------------------------------------------------------------------------
     def fetch(self, request: HookRequest, keys: list[str], now: datetime, deadline: float,
-              stats: FetchStats) -> dict[str, list[dict]]:
-        base = self._base(request)
+              stats: FetchStats, optional: frozenset[str] = frozenset()) -> dict[str, list[dict]]:
+        required = [k for k in keys if k not in optional]
+        try:
+            base = self._base(request)
+        except DataUnavailable:
+            if required:
+                raise
+            return {}  # only evidence that can add risk is missing: go on without it
         queries = {search.key: search.fallback(request.patient_id, now, self.page_size)
                    for search in self.searches}
         futures = {self.executor.submit(self._search_all, request, base, *queries[key],
                                         deadline, stats): key for key in keys}
         done, pending = wait(futures, timeout=max(0.0, deadline - time.monotonic()),
                              return_when=FIRST_EXCEPTION)
+        while pending and not any(f.exception() is not None and futures[f] not in optional
+                                  for f in done):
+            # An optional search failing first does not end the wait for the others.
+            more, pending = wait(pending, timeout=max(0.0, deadline - time.monotonic()),
+                                 return_when=FIRST_EXCEPTION)
+            if not more:
+                break
+            done |= more
         for future in pending:
             future.cancel()
-        failed = [f for f in done if f.exception() is not None]
+        failed = [f for f in done if f.exception() is not None and futures[f] not in optional]
         if failed:
             raise failed[0].exception()
-        if pending:
+        if any(futures[f] not in optional for f in pending):
             raise DataUnavailable("the FHIR server did not answer in time")
-        return {futures[f]: f.result() for f in done}
+        return {futures[f]: f.result() for f in done if f.exception() is None}
 
     def read(self, request: HookRequest, references: list[str], deadline: float,
              stats: FetchStats) -> list[dict]:

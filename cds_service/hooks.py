@@ -44,7 +44,8 @@ class HookEngine:
         deadline = time.monotonic() + self.deadline_seconds - ANSWER_MARGIN_SECONDS
         data = gather(request, self.searches, self.fetcher, now, deadline, stats or FetchStats())
         return build_record(self.knowledge, request.patient_id, data.resources,
-                            request.draft_orders, tuple(data.known_empty), as_of=now)
+                            request.draft_orders, tuple(data.known_empty), as_of=now,
+                            unavailable=tuple(data.unavailable))
 
     def assess(self, request: HookRequest, now: datetime,
                stats: FetchStats | None = None) -> tuple[PatientRecord, Assessment]:

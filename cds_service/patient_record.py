@@ -479,7 +479,8 @@ class RecordBuilder:
 
 def build_record(knowledge: Knowledge, patient_id: str, resources: Iterable[dict],
                  draft_orders: Iterable[dict] = (), known_empty: tuple[str, ...] = (),
-                 as_of: datetime | None = None) -> PatientRecord:
+                 as_of: datetime | None = None,
+                 unavailable: tuple[str, ...] = ()) -> PatientRecord:
     """Normalise the patient's FHIR resources (and the hook's draft orders) into a record.
 
     `as_of` (the assessment's now) lets the builder skip validating what the rules will not
@@ -497,6 +498,7 @@ def build_record(knowledge: Knowledge, patient_id: str, resources: Iterable[dict
             builder.add(order, draft=True)
     builder.finish()
     builder.record.known_empty = known_empty
+    builder.record.unavailable = unavailable
     # The same data gives the same card, whatever order prefetch or a FHIR search used.
     builder.record.medications.sort(key=lambda m: (m.is_draft, "" if m.is_draft else m.reference))
     builder.record.conditions.sort(key=lambda c: c.reference)

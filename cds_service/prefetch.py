@@ -24,12 +24,15 @@ class PatientData:
     resources: list[dict] = field(default_factory=list)
     known_empty: list[str] = field(default_factory=list)
     fetched: list[str] = field(default_factory=list)
+    # Optional keys neither sent nor readable: the assessment went on without them.
+    unavailable: list[str] = field(default_factory=list)
 
 
 class Fetcher(Protocol):
     def fetch(self, request: HookRequest, keys: list[str], now: datetime, deadline: float,
-              stats) -> dict[str, list[dict]]:
-        """Resources for each key, or raise DataUnavailable."""
+              stats, optional: frozenset[str] = frozenset()) -> dict[str, list[dict]]:
+        """Resources for each key; raise DataUnavailable when a key not in `optional` cannot be
+        had. Optional keys that cannot be had are left out of the answer."""
 
     def read(self, request: HookRequest, references: list[str], deadline: float,
              stats) -> list[dict]:
@@ -39,9 +42,13 @@ class Fetcher(Protocol):
 class NoFetcher:
     """Prefetch only: anything missing makes the call unanswerable."""
 
-    def fetch(self, request, keys, now, deadline, stats):
-        raise DataUnavailable("prefetch is missing " + ", ".join(keys) + " and this service "
-                              "does not query FHIR servers; send the prefetch from discovery")
+    def fetch(self, request, keys, now, deadline, stats, optional=frozenset()):
+        required = [k for k in keys if k not in optional]
+        if required:
+            raise DataUnavailable("prefetch is missing " + ", ".join(required) + " and this "
+                                  "service does not query FHIR servers; send the prefetch from "
+                                  "discovery")
+        return {}
 
     def read(self, request, references, deadline, stats):
         return []
@@ -73,9 +80,19 @@ def gather(request: HookRequest, searches: tuple[PatientSearch, ...], fetcher: F
            now: datetime, deadline: float, stats) -> PatientData:
     data = PatientData()
     to_fetch = []
+    declared = {search.key for search in searches}
+    # Resources a client sent under keys of its own naming are read too (by their type).
+    elsewhere: set[str] = set()
+    for key, value in request.prefetch.items():
+        if key not in declared and isinstance(value, dict):
+            found = bundle_resources(value)
+            data.resources += found
+            elsewhere |= {r.get("resourceType") for r in found}
     for search in searches:
         key = search.key
         value = request.prefetch.get(key, ...)
+        if value is ... and search.resource_type in elsewhere:
+            continue  # sent, under another name
         if value is ...:
             to_fetch.append(key)
         elif value is None:
@@ -90,12 +107,15 @@ def gather(request: HookRequest, searches: tuple[PatientSearch, ...], fetcher: F
             data.resources += bundle_resources(value)
     started = time.perf_counter()
     if to_fetch:
+        optional = frozenset(s.key for s in searches if s.optional)
         try:
-            for resources in fetcher.fetch(request, to_fetch, now, deadline, stats).values():
-                data.resources += resources
+            got = fetcher.fetch(request, to_fetch, now, deadline, stats, optional)
         finally:
             stats.fetch_seconds += time.perf_counter() - started
-        data.fetched = to_fetch
+        for resources in got.values():
+            data.resources += resources
+        data.fetched = list(got)
+        data.unavailable = [key for key in to_fetch if key not in got]
     missing = unresolved_medications(data.resources + request.draft_orders)
     if missing and time.monotonic() < deadline:
         data.resources += fetcher.read(request, missing, deadline, stats)

@@ -100,3 +100,6 @@ class PatientRecord:
     unreadable: list[Unreadable] = field(default_factory=list)
     # Keys whose data the client said is known-empty (prefetch `null`).
     known_empty: tuple[str, ...] = ()
+    # Optional keys neither sent nor readable from the FHIR server (evidence that could only
+    # have added risk): the card says the check went on without them.
+    unavailable: tuple[str, ...] = ()

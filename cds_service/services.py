@@ -30,6 +30,10 @@ class PatientSearch:
     # reaches past the window is complete enough (see prefetch.gather).
     sort_template: bool = False
     read: bool = False  # Patient/{id} rather than a search
+    # Evidence that can only add risk (a dialysis visit, a dose given): when a client neither
+    # sends it nor lets us read it, the call goes on without it (and the card says so) rather
+    # than answering 412 and showing nothing at all.
+    optional: bool = False
 
     def template(self) -> str:
         if self.read:
@@ -61,7 +65,7 @@ def patient_searches(knowledge: Knowledge) -> tuple[PatientSearch, ...]:
         PatientSearch("conditions", "Condition"),
         PatientSearch("procedures", "Procedure"),
         PatientSearch("encounters", "Encounter", window_days=knowledge.dialysis_recency_days,
-                      sort_template=True),
+                      sort_template=True, optional=True),
         PatientSearch("medications", "MedicationRequest", (
             ("status", ",".join(sorted(statuses.current_medication_request))),
             ("_include", "MedicationRequest:medication"))),
@@ -70,7 +74,8 @@ def patient_searches(knowledge: Knowledge) -> tuple[PatientSearch, ...]:
         PatientSearch("medicationAdministrations", "MedicationAdministration", (
             ("status", ",".join(sorted(statuses.medication_administration))),
             ("_include", "MedicationAdministration:medication")),
-            window_days=knowledge.administration_recency_days, date_param="effective-time"),
+            window_days=knowledge.administration_recency_days, date_param="effective-time",
+            optional=True),
         # Only the labs the rules read (PTH, phosphate, calcium, albumin, BMI), by code alone:
         # a lab stored under LOINC's OID URI must be found too (the record builder then reads
         # only LOINC codes, whatever their spelling). It also keeps the template short.

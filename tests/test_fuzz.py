@@ -61,7 +61,7 @@ class RecordingFetcher:
     def __init__(self):
         self.servers: list[str | None] = []
 
-    def fetch(self, request, keys, now, deadline, stats):
+    def fetch(self, request, keys, now, deadline, stats, optional=frozenset()):
         self.servers.append(request.fhir_server)
         raise DataUnavailable("no FHIR server in fuzz tests")
 

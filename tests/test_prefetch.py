@@ -16,7 +16,7 @@ class Recorder:
     def __init__(self):
         self.keys: list[str] = []
 
-    def fetch(self, request, keys, now, deadline, stats):
+    def fetch(self, request, keys, now, deadline, stats, optional=frozenset()):
         self.keys += keys
         return {key: [] for key in keys}
 
@@ -83,3 +83,41 @@ def test_a_paged_page_within_the_window_is_fetched_whole(knowledge):
     prefetch = everything_but("encounters", paged(visit(2), visit(40)))
     gather(Request(prefetch), patient_searches(knowledge), fetcher, NOW, 1e12, Stats())
     assert fetcher.keys == ["encounters"]
+
+
+class NoServer(Recorder):
+    """Like prefetch-only operation: required keys cannot be had, optional ones are skipped."""
+
+    def fetch(self, request, keys, now, deadline, stats, optional=frozenset()):
+        from cds_service.prefetch import NoFetcher
+
+        self.keys += keys
+        return NoFetcher().fetch(request, keys, now, deadline, stats, optional)
+
+
+def test_optional_evidence_missing_everywhere_is_gone_without_not_refused(knowledge):
+    prefetch = everything_but("encounters", None)
+    del prefetch["encounters"], prefetch["medicationAdministrations"]
+    data = gather(Request(prefetch), patient_searches(knowledge), NoServer(), NOW, 1e12, Stats())
+    assert data.unavailable == ["encounters", "medicationAdministrations"]
+
+
+def test_a_required_key_missing_everywhere_is_still_a_412(knowledge):
+    import pytest
+
+    from cds_service.errors import DataUnavailable
+
+    prefetch = everything_but("observations", None)
+    del prefetch["observations"]
+    with pytest.raises(DataUnavailable):
+        gather(Request(prefetch), patient_searches(knowledge), NoServer(), NOW, 1e12, Stats())
+
+
+def test_resources_under_a_key_the_client_named_itself_are_read(knowledge):
+    dose = {"resourceType": "MedicationAdministration", "id": "d1"}
+    prefetch = everything_but("encounters", {"resourceType": "Bundle", "type": "searchset"})
+    del prefetch["medicationAdministrations"]
+    prefetch["givenDoses"] = {"resourceType": "Bundle", "entry": [{"resource": dose}]}
+    fetcher = Recorder()
+    data = gather(Request(prefetch), patient_searches(knowledge), fetcher, NOW, 1e12, Stats())
+    assert dose in data.resources and fetcher.keys == []
