@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint fixtures bench bench-fhir soak clean
+.PHONY: serve test lint fixtures bench bench-floor bench-fhir soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ bench: $(STAMP)
 	@command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk) || \
 		{ echo "wrk is missing: run 'apt-get install wrk' (Debian) as root" >&2; exit 1; }
 	$(BIN)/python bench/load.py
+
+bench-floor: $(STAMP)
+	@command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk) || \
+		{ echo "wrk is missing: run 'apt-get install wrk' (Debian) as root" >&2; exit 1; }
+	$(BIN)/python bench/floor.py
 
 bench-fhir: $(STAMP)
 	$(BIN)/python bench/fhir_fallback.py
