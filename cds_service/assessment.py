@@ -10,7 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from .knowledge import CONFIRMED, SUSPECTED, Factor, Knowledge, LabCriterion, Substitute
+from .knowledge import (
+    CONFIRMED,
+    PRIOR,
+    SUSPECTED,
+    Factor,
+    Knowledge,
+    LabCriterion,
+    Substitute,
+)
+from .knowledge.model import Pairing
 from .record import (
     UNRESOLVED_MEDICATION,
     ConditionEntry,
@@ -53,20 +62,40 @@ class LabNote:
     note: str  # "unreadable" | "superseded-unreadable"
 
 
+CRITICAL, WARNING, INFO = "critical", "warning", "info"
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """A substitute to offer: instead of an order (replace) or beside it (add)."""
+
+    substitute: Substitute
+    replaces: Medication | None  # the order it replaces (deleted), None for an addition
+
+
 @dataclass(frozen=True)
 class DraftFinding:
-    """A draft order of a culprit drug, with what could replace it."""
+    """A draft order of a culprit drug, tiered with the draft counted as present."""
 
     order: Medication
     finding: Finding
-    substitutes: tuple[Substitute, ...]
+    suggestions: tuple[Suggestion, ...]
     other_drafts: tuple[Medication, ...]
+    tier: str
+    pairings: tuple[Pairing, ...]  # the warnings that hold with this draft
+    # A calcium binder drafted while phosphate is below target: reduce or stop it, no swap.
+    phosphate_low: LabResult | None = None
+
+    @property
+    def substitutes(self) -> tuple[Substitute, ...]:
+        return tuple(s.substitute for s in self.suggestions)
 
 
 @dataclass
 class Assessment:
     in_scope: bool
     scope_reason: str
+    patient_id: str = ""
     scope_evidence: tuple[ConditionEntry | ProcedureEntry, ...] = ()
     findings: list[Finding] = field(default_factory=list)
     known_calciphylaxis: ConditionEntry | None = None
@@ -78,6 +107,13 @@ class Assessment:
     unresolved_orders: int = 0
     # Prefetch keys that were neither sent nor readable (optional evidence): said on the card.
     unavailable_data: tuple[str, ...] = ()
+    # patient-view: the card's tier (None: no card) and the warnings that hold.
+    tier: str | None = None
+    pairings: tuple[Pairing, ...] = ()
+    suggestions: tuple[Suggestion, ...] = ()
+    # Conditions that change the advice: no "a DOAC may be used" with these.
+    doac_contraindications: tuple[ConditionEntry, ...] = ()
+    phosphate_low: LabResult | None = None
 
     @property
     def firing(self) -> list[Finding]:
@@ -90,6 +126,13 @@ class Assessment:
     @property
     def on_culprit_drug(self) -> bool:
         return any(f.factor.culprit_drug for f in self.findings)
+
+    @property
+    def present(self) -> frozenset[str]:
+        return frozenset(f.factor.id for f in self.findings)
+
+    def finding(self, factor_id: str) -> Finding | None:
+        return next((f for f in self.findings if f.factor.id == factor_id), None)
 
 
 def _condition_active(condition: ConditionEntry, knowledge: Knowledge) -> bool:
@@ -233,6 +276,23 @@ def _lab_finding(criterion: LabCriterion, record: PatientRecord, knowledge: Know
     return (evidence if _meets(criterion, latest, threshold) else None), latest
 
 
+def _conditions_for(factor: Factor, record: PatientRecord, knowledge: Knowledge,
+                    now: datetime) -> list[ConditionEntry]:
+    """The diagnoses that make a factor present, as the factor's `condition_when` says."""
+    found = [c for c in record.conditions if factor.condition in c.concepts]
+    if factor.condition_when == "prior":
+        # A resolved or inactive episode, or one the chart words as past ("history of").
+        return [c for c in found if c.certainty == PRIOR or (
+            c.certainty == CONFIRMED and not _condition_active(c, knowledge))]
+    found = [c for c in found if _condition_active(c, knowledge)
+             and c.certainty in (CONFIRMED, SUSPECTED)]
+    if factor.condition_when == "recent":
+        since = now - timedelta(days=factor.recent_days or 0)
+        found = [c for c in found if (c.onset or c.recorded) and since <= (
+            c.onset or c.recorded) <= now + FUTURE_SKEW]
+    return found
+
+
 def _findings(record: PatientRecord, knowledge: Knowledge, now: datetime,
               notes: list[LabNote]) -> tuple[list[Finding], bool]:
     """Every factor present, in knowledge order; and whether PTH is overdue."""
@@ -252,7 +312,7 @@ def _findings(record: PatientRecord, knowledge: Knowledge, now: datetime,
                 evidence.append(found)
         if factor.condition:
             evidence += [Evidence(condition=c)
-                         for c in _active_with(record, knowledge, factor.condition)]
+                         for c in _conditions_for(factor, record, knowledge, now)]
         if factor.sex and record.sex == factor.sex:
             evidence.append(Evidence(sex=record.sex))
         if evidence:
@@ -269,10 +329,90 @@ def _known_calciphylaxis(record: PatientRecord, knowledge: Knowledge) -> Conditi
     return current[0] if current else None
 
 
+def _latest(record: PatientRecord, knowledge: Knowledge, lab_id: str,
+            now: datetime) -> LabResult | None:
+    """The newest readable result of a lab within its window."""
+    since = now - timedelta(days=knowledge.labs[lab_id].window_days)
+    results = [r for r in record.labs if r.lab == lab_id and r.value is not None
+               and since <= r.effective <= now + FUTURE_SKEW]
+    return max(results, key=lambda r: r.effective) if results else None
+
+
+def _current_classes(record: PatientRecord, knowledge: Knowledge, now: datetime) -> dict:
+    """medicine class -> the current medicines of it (all classes, risk or not)."""
+    classes: dict[str, list[Medication]] = {}
+    for medication in record.medications:
+        if _medication_current(medication, now, knowledge):
+            classes.setdefault(medication.medicine_class, []).append(medication)
+    return classes
+
+
+def _cinacalcet_safe(record: PatientRecord, knowledge: Knowledge, now: datetime,
+                     classes: dict) -> bool:
+    """Cinacalcet is offered only when calcium is known and high enough, and no calcimimetic
+    is already taken (its label: do not start below 8.4 mg/dL)."""
+    gates = knowledge.gates
+    if any(classes.get(c) for c in gates.cinacalcet_not_taking):
+        return False
+    for criterion in gates.cinacalcet_calcium:
+        latest = _latest(record, knowledge, criterion.lab, now)
+        if latest is not None:
+            return _meets(criterion, latest, criterion.threshold)
+    return False
+
+
+def _phosphate_low(record: PatientRecord, knowledge: Knowledge, now: datetime) -> LabResult | None:
+    criterion = knowledge.gates.phosphate_below
+    latest = _latest(record, knowledge, criterion.lab, now)
+    return latest if latest is not None and _meets(criterion, latest, criterion.threshold) \
+        else None
+
+
+def _already_taken(substitute: Substitute, classes: dict) -> bool:
+    names = {m.ingredient.lower() for meds in classes.values() for m in meds}
+    return bool(names & {n.lower() for n in substitute.same_as})
+
+
+def _suggestions(medicine_class: str, order: Medication | None, present: frozenset[str],
+                 knowledge: Knowledge, classes: dict, cinacalcet_safe: bool,
+                 phosphate_low: LabResult | None) -> tuple[Suggestion, ...]:
+    """What is safe to offer for a medicine of this class: replacements (none while phosphate is
+    low, none the patient already takes) and additions (gated)."""
+    offered = []
+    for substitute in knowledge.substitutes:
+        if substitute.requires_factor and substitute.requires_factor not in present:
+            continue
+        if _already_taken(substitute, classes):
+            continue
+        if substitute.gate == "cinacalcet" and not cinacalcet_safe:
+            continue
+        if medicine_class in substitute.replaces and order is not None and phosphate_low is None:
+            offered.append(Suggestion(substitute, order))
+        elif medicine_class in substitute.adds_to:
+            offered.append(Suggestion(substitute, None))
+    return tuple(offered)
+
+
+def _tier(present: frozenset[str], knowledge: Knowledge, *, in_scope: bool,
+          known: ConditionEntry | None, culprits: frozenset[str]) -> tuple[str | None, tuple]:
+    """(tier, warnings that hold) for a set of present factors (clinical.md tiers)."""
+    if known is not None and culprits & present:
+        return CRITICAL, ()  # in or out of dialysis scope: the diagnosis is the risk
+    if not in_scope:
+        return None, ()
+    modifiable = frozenset(f for f in present if knowledge.factors[f].fires)
+    holding = tuple(p for p in knowledge.warnings if p.holds(present, modifiable, culprits))
+    if holding:
+        return WARNING, holding
+    return (INFO if modifiable else None), ()
+
+
 def _draft_findings(record: PatientRecord, knowledge: Knowledge, findings: list[Finding],
-                    selections: frozenset[str] | None) -> list[DraftFinding]:
+                    selections: frozenset[str] | None, *, in_scope: bool,
+                    known: ConditionEntry | None, culprits: frozenset[str], classes: dict,
+                    cinacalcet_safe: bool, phosphate_low: LabResult | None) -> list[DraftFinding]:
     factor_of_class = {m.id: m.factor for m in knowledge.medicines.classes}
-    present = {f.factor.id for f in findings}
+    present = frozenset(f.factor.id for f in findings)
     drafts = [m for m in record.medications if m.is_draft and not m.excluded_because]
     judged = []
     for order in drafts:
@@ -282,38 +422,76 @@ def _draft_findings(record: PatientRecord, knowledge: Knowledge, findings: list[
         factor = knowledge.factors[factor_id] if factor_id else None
         if factor is None or not factor.culprit_drug:
             continue
-        substitutes = tuple(
-            s for s in knowledge.substitutes
-            if order.medicine_class in s.replaces
-            and (s.requires_factor is None or s.requires_factor in present))
+        with_draft = present | {factor.id}  # the drug being ordered counts as present
+        tier, pairings = _tier(with_draft, knowledge, in_scope=in_scope, known=known,
+                               culprits=culprits)
+        if tier is None:
+            continue
+        # An order card warns about the drug being ordered: only the warnings it takes part in
+        # count (a binder with high PTH does not make a calcitriol order a warning).
+        pairings = tuple(p for p in pairings if p.involves(factor))
+        if tier == WARNING and not pairings:
+            tier = INFO
+        is_binder_swap = any(order.medicine_class in s.replaces for s in knowledge.substitutes)
+        suggestions = _suggestions(order.medicine_class, order if "/" in order.reference
+                                   else None, with_draft, knowledge, classes, cinacalcet_safe,
+                                   phosphate_low)
         others = tuple(m for m in drafts if m is not order)
         judged.append(DraftFinding(order, Finding(factor, (Evidence(medication=order),)),
-                                   substitutes, others))
+                                   suggestions, others, tier, pairings,
+                                   phosphate_low if is_binder_swap else None))
     return judged
 
 
 def assess(record: PatientRecord, knowledge: Knowledge, now: datetime,
            selections: frozenset[str] | None = None) -> Assessment:
-    """Decide scope, risk factors and culprit draft orders for one patient at `now`.
+    """Decide scope, risk factors, tiers and what to suggest for one patient at `now`.
 
     `selections`: for order-select, the draft orders being judged ("MedicationRequest/id");
     None judges every draft (order-sign).
     """
     in_scope, reason, scope_evidence = _scope(record, knowledge, now)
-    if not in_scope:
-        return Assessment(in_scope=False, scope_reason=reason)
+    known = _known_calciphylaxis(record, knowledge) if not record.deceased else None
+    if not in_scope and known is None:
+        return Assessment(in_scope=False, scope_reason=reason, patient_id=record.patient_id)
     notes: list[LabNote] = []
     findings, pth_overdue = _findings(record, knowledge, now, notes)
+    culprits = frozenset(f.id for f in knowledge.factors.values() if f.culprit_drug)
+    present = frozenset(f.factor.id for f in findings)
+    tier, pairings = _tier(present, knowledge, in_scope=in_scope, known=known,
+                           culprits=culprits)
+    if tier is None and in_scope and pth_overdue:
+        tier = INFO  # nothing modifiable, but PTH is overdue: KDIGO asks for it every 3-6 months
+    classes = _current_classes(record, knowledge, now)
+    cinacalcet_safe = _cinacalcet_safe(record, knowledge, now, classes)
+    phosphate_low = _phosphate_low(record, knowledge, now)
+    suggestions = []
+    if in_scope and tier in (WARNING, INFO):
+        for medicine_class, medications in classes.items():
+            orders = [m for m in medications if m.kind == "order" and "/" in m.reference]
+            for order in orders[:1] or [None]:
+                suggestions += _suggestions(medicine_class, order, present, knowledge, classes,
+                                            cinacalcet_safe, phosphate_low)
     return Assessment(
-        in_scope=True,
+        in_scope=in_scope,
         scope_reason=reason,
+        patient_id=record.patient_id,
         scope_evidence=scope_evidence,
         findings=findings,
-        known_calciphylaxis=_known_calciphylaxis(record, knowledge),
-        draft_findings=_draft_findings(record, knowledge, findings, selections),
+        known_calciphylaxis=known,
+        draft_findings=_draft_findings(record, knowledge, findings, selections,
+                                       in_scope=in_scope, known=known, culprits=culprits,
+                                       classes=classes, cinacalcet_safe=cinacalcet_safe,
+                                       phosphate_low=phosphate_low),
         pth_overdue=pth_overdue,
         lab_notes=notes,
         not_counted=[m for m in record.medications if m.excluded_because],
         unresolved_orders=sum(u.reason == UNRESOLVED_MEDICATION for u in record.unreadable),
         unavailable_data=record.unavailable,
+        tier=tier,
+        pairings=pairings,
+        suggestions=tuple(dict.fromkeys(suggestions)),
+        doac_contraindications=tuple(_active_with(record, knowledge,
+                                                  knowledge.gates.doac_condition)),
+        phosphate_low=phosphate_low if "calcium_binder" in present else None,
     )

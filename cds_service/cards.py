@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import tomllib
 import uuid
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -17,10 +18,19 @@ from typing import Any
 from jinja2 import StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 
-from .assessment import Assessment, DraftFinding, Evidence, Finding
+from .assessment import (
+    CRITICAL,
+    INFO,
+    WARNING,
+    Assessment,
+    DraftFinding,
+    Evidence,
+    Finding,
+    Suggestion,
+)
 from .fhir_read import validate
 from .knowledge import Knowledge
-from .record import ProcedureEntry
+from .record import Medication, ProcedureEntry
 
 CARDS_DIR = Path(__file__).resolve().parent.parent / "cards"
 SUMMARY_LIMIT = 139  # CDS Hooks: "<140 characters"
@@ -144,17 +154,22 @@ class CardWriter:
         self.evidence = {k: md("evidence", k) for k in
                          ("medication", "administration", "lab", "condition", "unreadable_lab",
                           "unreadable_medication", "unavailable_data")}
-        self.calciphylaxis = {k: md("calciphylaxis", k) for k in ("confirmed", "suspected")}
+        self.calciphylaxis = {k: md("calciphylaxis", k) for k in ("confirmed", "suspected",
+                                                                   "prior", "consider")}
         self.items = {k: get("summary_items", k) for k in ("medication", "lab")}
-        self.actions = dict(spec["actions"])
+        # Advice is written for the patient: each action sees what is present and taken.
+        self.actions = {k: md("actions", k) for k in spec["actions"]}
         self.pv_summary = {k: get("patient_view", k, "summary")
-                           for k in ("warning", "critical", "info")}
+                           for k in (CRITICAL, WARNING, INFO, "consider", "pth")}
         self.pv_detail = md("patient_view", "detail", "text")
-        self.pv_info_detail = md("patient_view", "info", "detail")
-        self.order_summary = {k: get("order", k, "summary") for k in ("warning", "critical")}
+        self.pv_pth_detail = md("patient_view", "pth", "detail")
+        self.order_summary = {k: get("order", k, "summary")
+                              for k in (CRITICAL, WARNING, INFO, "consider")}
         self.order_detail = md("order", "detail", "text")
-        self.replace = {k: get("suggestions", "replace", k) for k in ("label", "delete", "create")}
-        self.scope = {k: md("scope", k) for k in ("dialysis", "diagnosis")}
+        self.suggest = {kind: {k: get("suggestions", kind, k) for k in spec["suggestions"][kind]}
+                        for kind in ("replace", "add")}
+        self.scope = {k: md("scope", k) for k in ("dialysis", "diagnosis", "not_in_scope")}
+        self.why = md("why", "text")
         # What we ask the EHR to create must itself be valid FHIR R4: checked once, here.
         for substitute in knowledge.substitutes:
             validate(self._substitute_order(substitute, "example"))
@@ -190,13 +205,14 @@ class CardWriter:
             template = "administration" if m.kind == "administration" else "medication"
             return self.evidence[template].render(
                 name=m.name, ingredient=m.ingredient, status=m.status, date=_date(m.date),
-                matched_by=m.matched_by)
+                matched_by=m.matched_by, on_hold=m.status == "on-hold")
         if ev.lab:
             return self.evidence["lab"].render(**self._lab_vars(ev))
         if ev.condition:
             c = ev.condition
             return self.evidence["condition"].render(name=self._condition_name(c),
-                                                     code=c.matched[0])
+                                                     code=c.matched[0],
+                                                     date=_date(c.onset or c.recorded))
         raise ValueError("sex is shown by its factor label alone")
 
     def _item(self, ev: Evidence) -> str | None:
@@ -206,37 +222,77 @@ class CardWriter:
             return self.items["lab"].render(**self._lab_vars(ev))
         return None
 
-    def _factor_rows(self, findings: list[Finding]) -> list[dict]:
+    def _advice_context(self, assessment: Assessment, extra: Medication | None = None,
+                        suggestions: tuple[Suggestion, ...] = (),
+                        phosphate_low: bool | None = None) -> dict:
+        """What the advice templates may say of this patient: factors present, drugs taken."""
+        drugs: dict[str, list[str]] = {}
+        for finding in assessment.findings:
+            for ev in finding.evidence:
+                if ev.medication is not None:
+                    drugs.setdefault(finding.factor.id, []).append(ev.medication.ingredient)
+        present = set(assessment.present)
+        if extra is not None:
+            factor = self.knowledge.medicines.by_id[extra.medicine_class].factor
+            drugs.setdefault(factor, []).append(extra.ingredient)
+            present.add(factor)
+        # A defaultdict: advice may ask for drugs of any class ("drugs.calcium_binder").
+        taken = defaultdict(list, {k: list(dict.fromkeys(v)) for k, v in drugs.items()})
+        return dict(present=present, drugs=taken,
+                    doac=not assessment.doac_contraindications,
+                    phosphate_low=(assessment.phosphate_low is not None
+                                   if phosphate_low is None else phosphate_low),
+                    calcimimetic_offered=any(s.substitute.gate == "cinacalcet"
+                                             for s in suggestions))
+
+    def _factor_rows(self, findings: list[Finding], context: dict) -> list[dict]:
         return [{"label": f.factor.label,
                  "lines": [line for e in f.evidence if (line := self._line(e))],
-                 "action": self.actions.get(f.factor.id, "")} for f in findings]
+                 "action": Rendered(" ".join(self.actions[f.factor.id].render(**context).split()))
+                 if f.factor.id in self.actions else ""} for f in findings]
 
-    def _scope_line(self, assessment: Assessment, template: dict) -> Rendered:
+    def _scope_line(self, assessment: Assessment) -> Rendered:
+        if not assessment.in_scope:
+            return Rendered(self.scope["not_in_scope"].render(reason=assessment.scope_reason))
         procedure = next((e for e in assessment.scope_evidence if isinstance(e, ProcedureEntry)),
                          None)
         condition = next((e for e in assessment.scope_evidence
                           if not isinstance(e, ProcedureEntry)), None)
         if procedure is not None:
-            return Rendered(template["dialysis"].render(
+            return Rendered(self.scope["dialysis"].render(
                 procedure=procedure.name or procedure.code, date=_date(procedure.performed),
                 condition=self._condition_name(condition) if condition else ""))
-        return Rendered(template["diagnosis"].render(condition=self._condition_name(condition),
-                                                     code=condition.matched[0]))
+        return Rendered(self.scope["diagnosis"].render(condition=self._condition_name(condition),
+                                                       code=condition.matched[0]))
 
     @staticmethod
     def _suspected(assessment: Assessment) -> bool:
         known = assessment.known_calciphylaxis
         return known is not None and known.certainty == "suspected"
 
-    def _calciphylaxis_line(self, assessment: Assessment) -> Rendered | str:
+    def _condition_line(self, kind: str, condition) -> Rendered:
+        return Rendered(self.calciphylaxis[kind].render(
+            name=self._condition_name(condition),
+            code=condition.matched[0] if condition.matched[0].lower()
+            not in condition.name.lower() else "", date=_date(condition.onset
+                                                               or condition.recorded)))
+
+    def _calciphylaxis_lines(self, assessment: Assessment, culprits: list[str]) -> list[Rendered]:
+        """The known, suspected or previous calciphylaxis and a new lesion: named first."""
+        lines = []
         known = assessment.known_calciphylaxis
-        if known is None:
-            return ""
-        template = self.calciphylaxis["suspected" if known.certainty == "suspected"
-                                      else "confirmed"]
-        return Rendered(template.render(name=self._condition_name(known),
-                                        code=known.matched[0] if known.matched[0].lower()
-                                        not in known.name.lower() else ""))
+        if known is not None:
+            lines.append(self._condition_line(
+                "suspected" if known.certainty == "suspected" else "confirmed", known))
+        prior = assessment.finding("prior_calciphylaxis")
+        if prior is not None:
+            lines.append(self._condition_line("prior", prior.evidence[0].condition))
+        lesion = assessment.finding("new_skin_lesion")
+        if lesion is not None and culprits and any(p.consider for p in assessment.pairings):
+            lines.append(Rendered(self.calciphylaxis["consider"].render(
+                lesion=self._condition_name(lesion.evidence[0].condition),
+                date=_date(lesion.evidence[0].condition.onset), drugs=culprits)))
+        return lines
 
     def _condition_name(self, condition) -> str:
         """The chart's wording, else the knowledge label of what it was recognised as."""
@@ -278,73 +334,132 @@ class CardWriter:
             card["selectionBehavior"] = "at-most-one"
         return IssuedCard(card, tuple(rules))
 
+    def _items(self, findings: list[Finding], first: frozenset[str] = frozenset()) -> list[str]:
+        """Short summary phrases, the factors of the warnings that hold first."""
+        ordered = sorted(findings, key=lambda f: f.factor.id not in first)
+        return list(dict.fromkeys(i for f in ordered for e in f.evidence if (i := self._item(e))))
+
+    def _culprits(self, assessment: Assessment) -> tuple[list[str], list[str]]:
+        """(culprit drugs taken, culprit drugs on hold), by ingredient."""
+        taken, held = [], []
+        for finding in assessment.findings:
+            if finding.factor.culprit_drug:
+                for ev in finding.evidence:
+                    if ev.medication is not None:
+                        (held if ev.medication.status == "on-hold" else taken).append(
+                            ev.medication.ingredient)
+        return list(dict.fromkeys(taken)), list(dict.fromkeys(held))
+
+    def _why(self, pairings, findings: list[Finding], extra: Medication | None = None) -> list:
+        """Each warning that holds, named by this patient's items ("calcium acetate with PTH
+        1514 pg/mL") and its rationale."""
+        lines = []
+        for pairing in pairings:
+            named = [f for f in findings if f.factor.id in pairing.all | pairing.any
+                     or (pairing.any_culprit and f.factor.culprit_drug)]
+            items = self._items(named, pairing.all)
+            if extra is not None and extra.ingredient not in items and pairing.involves(
+                    self.knowledge.factors[self.knowledge.medicines.by_id[
+                        extra.medicine_class].factor]):
+                items.insert(0, extra.ingredient)
+            lines.append(Rendered(self.why.render(items=items, reason=pairing.why)))
+        return lines
+
+    @staticmethod
+    def _pairing_factors(pairings) -> frozenset[str]:
+        return frozenset(f for p in pairings for f in (*p.all, *p.any))
+
     # -- patient-view --------------------------------------------------------------------------
     def patient_view(self, assessment: Assessment) -> list[IssuedCard]:
-        if not assessment.in_scope:
+        tier = assessment.tier
+        if tier is None:
             return []
-        scope = self._scope_line(assessment, self.scope)
         unreadable = self._unreadable_lines(assessment)
         firing = assessment.firing
-        if not firing:
-            if not assessment.pth_overdue:
-                return []
+        if tier == INFO and not firing:
             days = self.knowledge.pth_interval_days
             return [self._card(
-                ("pth_not_measured",),
-                self._summary(self.pv_summary["info"], [], pth_interval_days=days), "info",
-                self._detail(self.pv_info_detail.render(
-                    pth_interval_days=days, scope=scope, unreadable=unreadable)))]
-        critical = assessment.known_calciphylaxis is not None and assessment.on_culprit_drug
-        # A critical summary names only the drugs to stop ("still on warfarin").
-        named = [f for f in firing if f.factor.culprit_drug] if critical else firing
-        items = [i for f in named for e in f.evidence if (i := self._item(e))]
-        items = list(dict.fromkeys(items))
+                ("info", "pth_not_measured"),
+                self._summary(self.pv_summary["pth"], [], pth_interval_days=days), INFO,
+                self._detail(self.pv_pth_detail.render(
+                    pth_interval_days=days, scope=self._scope_line(assessment),
+                    unreadable=unreadable)))]
+        taken, held = self._culprits(assessment)
+        consider = tier == WARNING and any(p.consider for p in assessment.pairings)
+        if tier == CRITICAL:
+            # A critical summary names only the drugs to stop ("still on warfarin").
+            template, items = self.pv_summary[CRITICAL], taken
+        elif consider:
+            template, items = self.pv_summary["consider"], taken + held
+        else:
+            template = self.pv_summary[tier]
+            items = self._items(firing, self._pairing_factors(assessment.pairings))
+        context = self._advice_context(assessment, suggestions=assessment.suggestions)
         detail = self.pv_detail.render(
-            known_calciphylaxis=self._calciphylaxis_line(assessment),
-            scope=scope, factors=self._factor_rows(firing),
-            context=self._factor_rows(assessment.context), unreadable=unreadable,
+            tier=tier, calciphylaxis=self._calciphylaxis_lines(assessment, taken + held),
+            why=self._why(assessment.pairings, assessment.findings),
+            scope=self._scope_line(assessment),
+            factors=self._factor_rows(firing, context),
+            context=self._factor_rows(assessment.context, context), unreadable=unreadable,
             pth_overdue=assessment.pth_overdue,
             pth_interval_days=self.knowledge.pth_interval_days)
-        indicator = "critical" if critical else "warning"
-        rules = [f.factor.id for f in firing] + (["known_calciphylaxis"] if critical else [])
-        return [self._card(rules, self._summary(self.pv_summary[indicator], items,
-                                                suspected=self._suspected(assessment)),
-                           indicator, self._detail(detail))]
+        rules = [tier, *(p.id for p in assessment.pairings), *(f.factor.id for f in firing)]
+        if tier == CRITICAL:
+            rules.append("known_calciphylaxis")
+        summary = self._summary(template, items, on_hold=held,
+                                suspected=self._suspected(assessment),
+                                lesion=self._lesion_phrase(assessment))
+        suggestions = self._suggestions(assessment.suggestions, assessment.patient_id)
+        return [self._card(rules, summary, tier, self._detail(detail), suggestions)]
+
+    def _lesion_phrase(self, assessment: Assessment) -> str:
+        lesion = assessment.finding("new_skin_lesion")
+        if lesion is None:
+            return ""
+        name = self._condition_name(lesion.evidence[0].condition)
+        return name if len(name) <= 40 else lesion.factor.label
 
     # -- order-select / order-sign -------------------------------------------------------------
     def order_cards(self, assessment: Assessment, patient_id: str) -> list[IssuedCard]:
-        if not assessment.in_scope:
-            return []
         return [self._order_card(assessment, draft, patient_id)
                 for draft in assessment.draft_findings]
 
     def _order_card(self, assessment: Assessment, draft: DraftFinding,
                     patient_id: str) -> IssuedCard:
         order = draft.order
+        tier = draft.tier
         others = assessment.firing
-        items = list(dict.fromkeys(
-            i for f in others for e in f.evidence
-            if (i := self._item(e)) and i != order.ingredient))
-        critical = assessment.known_calciphylaxis is not None
-        indicator = "critical" if critical else "warning"
+        consider = tier == WARNING and any(p.consider for p in draft.pairings)
+        items = [i for i in self._items(others, self._pairing_factors(draft.pairings))
+                 if i != order.ingredient]
+        context = self._advice_context(assessment, order, draft.suggestions,
+                                       draft.phosphate_low is not None)
+        action = self.actions.get(draft.finding.factor.id)
+        taken, held = self._culprits(assessment)
         detail = self.order_detail.render(
-            known_calciphylaxis=self._calciphylaxis_line(assessment),
+            tier=tier, calciphylaxis=self._calciphylaxis_lines(assessment,
+                                                                taken + held + [order.ingredient]),
+            why=self._why(draft.pairings, assessment.findings, order),
             order=order.name, drug=order.ingredient, factor=draft.finding.factor.label,
-            action=self.actions.get(draft.finding.factor.id, ""),
-            scope=self._scope_line(assessment, self.scope),
-            factors=self._factor_rows(others), context=self._factor_rows(assessment.context),
+            action=Rendered(" ".join(action.render(**context).split())) if action else "",
+            scope=self._scope_line(assessment),
+            factors=self._factor_rows(others, context),
+            context=self._factor_rows(assessment.context, context),
             other_drafts=[m.name for m in draft.other_drafts],
             unreadable=self._unreadable_lines(assessment))
-        summary = self._summary(self.order_summary[indicator], items, drug=order.ingredient,
-                                suspected=self._suspected(assessment))
-        suggestions = [self._replacement(order, s, patient_id) for s in draft.substitutes]
-        rules = [draft.finding.factor.id] + (["known_calciphylaxis"] if critical else [])
-        return self._card(rules, summary, indicator, self._detail(detail),
-                          [s for s in suggestions if s])
+        summary = self._summary(self.order_summary["consider" if consider else tier], items,
+                                drug=order.ingredient, suspected=self._suspected(assessment),
+                                lesion=self._lesion_phrase(assessment))
+        rules = [tier, draft.finding.factor.id, *(p.id for p in draft.pairings)]
+        if tier == CRITICAL:
+            rules.append("known_calciphylaxis")
+        return self._card(rules, summary, tier, self._detail(detail),
+                          self._suggestions(draft.suggestions, patient_id))
 
+    # -- suggestions ---------------------------------------------------------------------------
     def _substitute_order(self, substitute, patient_id: str) -> dict:
-        """The draft MedicationRequest a replace suggestion creates."""
-        return {
+        """The draft MedicationRequest a suggestion creates, with the label's starting sig."""
+        order = {
             "resourceType": "MedicationRequest",
             "status": "draft",
             "intent": "order",
@@ -355,21 +470,28 @@ class CardWriter:
                 "text": substitute.display,
             },
         }
+        if substitute.sig:
+            order["dosageInstruction"] = [{"text": substitute.sig}]
+        return order
 
-    def _replacement(self, order, substitute, patient_id: str) -> dict | None:
-        """Delete the draft and create the substitute: a one-click swap in the EHR."""
-        if "/" not in order.reference:
-            return None  # a draft without an id cannot be deleted
-        words = dict(drug=order.ingredient, order=order.name, substitute=substitute.display)
-        resource = self._substitute_order(substitute, patient_id)
-        return {
-            "uuid": str(uuid.uuid4()),
-            "label": self.replace["label"].render(**words),
-            "isRecommended": True,
-            "actions": [
-                {"type": "delete", "description": self.replace["delete"].render(**words),
-                 "resourceId": order.reference},
-                {"type": "create", "description": self.replace["create"].render(**words),
-                 "resource": resource},
-            ],
-        }
+    def _suggestions(self, offered: tuple[Suggestion, ...], patient_id: str) -> list[dict]:
+        """Replacements (create the substitute first, then remove the order: a client that
+        applies only a suggestion's first action still orders the safer drug) and additions.
+        Only the first is recommended."""
+        suggestions = []
+        for item in offered:
+            substitute, replaced = item.substitute, item.replaces
+            words = dict(substitute=substitute.display, sig=substitute.sig,
+                         drug=replaced.ingredient if replaced else "",
+                         order=replaced.name if replaced else "",
+                         draft=bool(replaced and replaced.is_draft))
+            kind = "replace" if replaced is not None else "add"
+            text = self.suggest[kind]
+            actions = [{"type": "create", "description": text["create"].render(**words),
+                        "resource": self._substitute_order(substitute, patient_id)}]
+            if replaced is not None:
+                actions.append({"type": "delete", "description": text["delete"].render(**words),
+                                "resourceId": replaced.reference})
+            suggestions.append({"uuid": str(uuid.uuid4()), "label": text["label"].render(**words),
+                                "isRecommended": not suggestions, "actions": actions})
+        return suggestions

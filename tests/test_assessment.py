@@ -244,14 +244,26 @@ def test_order_select_judges_only_the_selected_drafts(knowledge):
     assert [m.ingredient for m in result.draft_findings[0].other_drafts] == ["calcium acetate"]
 
 
-def test_calcimimetic_is_suggested_for_vitamin_d_only_when_pth_is_high(knowledge):
+def calcium(value: float) -> LabResult:
+    return LabResult("Observation/ca", "calcium", "17861-6", value, None, str(value), "mg/dL",
+                     days_ago(10), "final")
+
+
+def test_calcimimetic_is_added_for_vitamin_d_only_when_pth_is_high_and_calcium_allows(knowledge):
     vdra = medication("active_vitamin_d", "calcitriol", draft=True)
-    low = assess(on_dialysis(medications=[vdra], labs=[lab("pth", 300, days_ago(10))]),
-                 knowledge, NOW)
-    high = assess(on_dialysis(medications=[vdra], labs=[lab("pth", 900, days_ago(10))]),
-                  knowledge, NOW)
-    assert low.draft_findings[0].substitutes == ()
-    assert [s.id for s in high.draft_findings[0].substitutes] == ["cinacalcet"]
+
+    def offered(pth, *more):
+        result = assess(on_dialysis(medications=[vdra, *more[1:]],
+                                    labs=[lab("pth", pth, days_ago(10)), *more[:1]]),
+                        knowledge, NOW)
+        return [(s.substitute.id, s.replaces) for s in result.draft_findings[0].suggestions]
+
+    assert offered(300, calcium(9.2)) == []  # PTH not high
+    assert offered(900, calcium(9.2)) == [("cinacalcet", None)]  # added, the draft is kept
+    assert offered(900, calcium(8.3)) == []  # the label: not below 8.4 mg/dL
+    assert offered(900) == []  # calcium unknown: not offered
+    on_cinacalcet = medication("calcimimetic", "cinacalcet", ref="MedicationRequest/c1")
+    assert offered(900, calcium(9.2), on_cinacalcet) == []  # never a second calcimimetic
 
 
 def test_warfarin_draft_has_no_automatic_substitute(knowledge):

@@ -17,7 +17,7 @@ PATIENT_VIEW = "/cds-services/calciphylaxis-patient-view"
 ORDER_SELECT = "/cds-services/calciphylaxis-order-select"
 ORDER_SIGN = "/cds-services/calciphylaxis-order-sign"
 JSON = "application/json"
-REFERENCE_SUMMARY = "Calciphylaxis risk on dialysis: calcium acetate, calcitriol, PTH 1514 pg/mL"
+REFERENCE_SUMMARY = "Calciphylaxis risk on dialysis: calcium acetate, PTH 1514 pg/mL, calcitriol"
 PREFETCH_BUNDLES = ("conditions", "procedures", "medications", "medicationStatements",
                     "observations")
 
@@ -379,7 +379,7 @@ def test_moderately_nested_junk_in_a_resource_loses_only_that_resource(client):
     response = client.post(PATIENT_VIEW, data=_deep_extension_on_pth(100), content_type=JSON)
     assert response.status_code == 200
     summaries = [c["summary"] for c in response.get_json()["cards"]]
-    assert summaries == ["Calciphylaxis risk on dialysis: calcium acetate, calcitriol"]
+    assert summaries == ["Calciphylaxis risk factors to review: calcium acetate, calcitriol"]
 
 
 def test_deeply_nested_junk_never_silently_suppresses_the_warning(client):
@@ -391,5 +391,5 @@ def test_deeply_nested_junk_never_silently_suppresses_the_warning(client):
     else:
         assert response.status_code == 200
         summaries = [c["summary"] for c in response.get_json()["cards"]]
-        assert summaries == ["Calciphylaxis risk on dialysis: calcium acetate, calcitriol"]
+        assert summaries == ["Calciphylaxis risk factors to review: calcium acetate, calcitriol"]
     assert_still_serves(client)

@@ -76,7 +76,7 @@ def test_critical_card_leads_with_the_drugs_to_stop(knowledge, writer):
     [issued] = writer.patient_view(assess(record, knowledge, NOW))
     assert issued.card["indicator"] == "critical"
     assert issued.card["summary"].startswith("Calciphylaxis diagnosed; still on warfarin")
-    assert issued.rules == ("vitamin_k_antagonist", "known_calciphylaxis")
+    assert issued.rules == ("critical", "vitamin_k_antagonist", "known_calciphylaxis")
 
 
 def test_cards_cite_their_sources_and_the_scope_note(knowledge, writer):

@@ -126,7 +126,7 @@ def test_override_with_only_a_comment_or_only_a_reason_code_is_stored(client, st
 
 
 def test_a_patient_view_card_without_suggestions_can_be_accepted_with_an_empty_list(client):
-    card = show_card(client, "reference-patient-view")
+    card = show_card(client, "warfarin-alone-says-doac")
     assert "suggestions" not in card
     response = post(client, [{"card": card["uuid"], "outcome": "accepted",
                               "acceptedSuggestions": [], "outcomeTimestamp": instant()}],

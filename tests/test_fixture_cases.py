@@ -34,8 +34,12 @@ def test_fixture_gives_the_expected_cards(client, case):
         assert card["indicator"] == wanted["indicator"], card["summary"]
         for mention in wanted.get("mentions", []):
             assert mention.lower() in _text(card), (mention, card["summary"])
+        for absent in wanted.get("absent", []):
+            assert absent.lower() not in _text(card), (absent, card["summary"])
         labels = " ".join(s["label"] for s in card.get("suggestions", [])).lower()
         for mention in wanted.get("suggestions_mention", []):
             assert mention.lower() in labels
-        if not wanted.get("suggestions_mention"):
-            assert "suggestions" not in card or wanted.get("suggestions_allowed", True)
+        for absent in wanted.get("suggestions_absent", []):
+            assert absent.lower() not in labels, (absent, labels)
+        if not wanted.get("suggestions_allowed", True):
+            assert "suggestions" not in card, labels

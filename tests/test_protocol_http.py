@@ -132,14 +132,25 @@ def check_links(body, request):
             assert "appContext" not in link
 
 
+def _current_orders(request: dict) -> set[str]:
+    own = f"Patient/{_patient_id(request)}"
+    medications = (request.get("prefetch") or {}).get("medications") or {}
+    return {f"MedicationRequest/{e['resource']['id']}" for e in medications.get("entry", ())
+            if e["resource"]["resourceType"] == "MedicationRequest"
+            and e["resource"].get("status") in ("active", "on-hold")
+            and e["resource"].get("subject", {}).get("reference") == own}
+
+
 def check_actions(body, request):
     drafts = _draft_refs(request)
     for action in _actions(body["cards"]):
         assert action["type"] in {"create", "update", "delete"}
         assert isinstance(action.get("description"), str) and action["description"]
         if action["type"] == "delete":
+            # A draft being ordered, or (patient-view) the patient's own current order.
             assert re.fullmatch(r"MedicationRequest/[A-Za-z0-9\-.]{1,64}", action["resourceId"])
-            assert action["resourceId"] in drafts, (action["resourceId"], drafts)
+            assert action["resourceId"] in drafts | _current_orders(request), (
+                action["resourceId"], drafts)
         if action["type"] == "create":
             resource = action["resource"]
             assert resource["resourceType"] == "MedicationRequest"
@@ -288,8 +299,10 @@ def test_order_sign_suggests_replacing_the_draft_with_a_delete_and_a_create(answ
     [card] = response.get_json()["cards"]
     assert card["suggestions"]
     for suggestion in card["suggestions"]:
-        assert [a["type"] for a in suggestion["actions"]] == ["delete", "create"]
-        assert suggestion["actions"][0]["resourceId"] in _draft_refs(request)
+        # Create first: the Sandbox applies only a suggestion's first action.
+        assert [a["type"] for a in suggestion["actions"]] == ["create", "delete"]
+        assert suggestion["actions"][1]["resourceId"] in _draft_refs(request)
+    assert [s["isRecommended"] for s in card["suggestions"]] == [True, False]
 
 
 def test_two_calls_give_cards_different_uuids(client):
@@ -378,7 +391,9 @@ def test_order_select_card_is_about_the_selected_calcitriol_draft(client):
     [card] = client.post(_url(request), json=request).get_json()["cards"]
     first_line = card["detail"].split("\n")[0].lower()
     assert "calcitriol" in first_line and "calcium acetate" not in first_line
-    assert {a["resourceId"] for a in _actions([card]) if a["type"] == "delete"} == {calcitriol}
+    # A calcimimetic is added beside active vitamin D, never in place of it (KDIGO 2017 4.2.4).
+    assert not [a for a in _actions([card]) if a["type"] == "delete"]
+    assert "cinacalcet" in card["suggestions"][0]["label"].lower()
 
 
 def test_order_select_judges_only_the_selection_not_the_other_drafts(client):

@@ -10,12 +10,14 @@ from .model import (
     ConceptIndex,
     ConceptSet,
     Factor,
+    Gates,
     Knowledge,
     KnowledgeError,
     LabCriterion,
     LabDefinition,
     MedicineClass,
     MedicineIndex,
+    Pairing,
     Scope,
     SingleDose,
     Statuses,
@@ -157,11 +159,32 @@ def _criterion(factor_id: str, spec: dict) -> LabCriterion:
 
 
 def _factor(fid: str, spec: dict) -> Factor:
+    when = spec.get("condition_when", "current")
+    if when not in ("current", "prior", "recent") or (when == "recent") != (
+            "recent_days" in spec):
+        raise KnowledgeError(f"factor {fid}: condition_when {when!r} (recent needs recent_days)")
     return Factor(id=fid, label=spec["label"], modifiable=spec["modifiable"],
                   fires=spec["fires"], culprit_drug=spec.get("culprit_drug", False),
                   evidence=spec["evidence"],
                   labs=tuple(_criterion(fid, c) for c in spec.get("labs", [])),
-                  condition=spec.get("condition"), sex=spec.get("sex"))
+                  condition=spec.get("condition"), condition_when=when,
+                  recent_days=spec.get("recent_days"), sex=spec.get("sex"))
+
+
+def _pairing(spec: dict) -> Pairing:
+    return Pairing(spec["id"], frozenset(spec.get("all", ())), frozenset(spec.get("any", ())),
+                   bool(spec.get("any_culprit")), bool(spec.get("with_other_modifiable")),
+                   bool(spec.get("consider")), spec["why"])
+
+
+def _gates(spec: dict) -> Gates:
+    cinacalcet, swap = spec["cinacalcet"], spec["binder_swap"]
+    return Gates(
+        cinacalcet_calcium=tuple(_criterion("gates.cinacalcet", c)
+                                 for c in cinacalcet["calcium_at_least"]),
+        cinacalcet_not_taking=frozenset(cinacalcet["not_taking"]),
+        phosphate_below=_criterion("gates.binder_swap", swap["phosphate_below"]),
+        doac_condition=spec["doac_sentence"]["condition"])
 
 
 def _check(knowledge: Knowledge) -> None:
@@ -177,6 +200,18 @@ def _check(knowledge: Knowledge) -> None:
     for needed in ("dialysis", "kidney_transplant"):
         if needed not in knowledge.procedures:
             raise KnowledgeError(f"procedures.{needed} is missing")
+    for pairing in knowledge.warnings:
+        unknown = (pairing.all | pairing.any) - set(knowledge.factors)
+        if unknown:
+            raise KnowledgeError(f"warning {pairing.id} names unknown factors {sorted(unknown)}")
+    classes = {m.id for m in knowledge.medicines.classes}
+    gates = knowledge.gates
+    if gates.doac_condition not in knowledge.conditions or not gates.cinacalcet_not_taking <= (
+            classes):
+        raise KnowledgeError("gates name an unknown condition or medicine class")
+    for substitute in knowledge.substitutes:
+        if substitute.gate not in (None, "cinacalcet"):
+            raise KnowledgeError(f"substitute {substitute.id} names unknown gate")
 
 
 def load_knowledge(directory: Path | None = None) -> Knowledge:
@@ -196,7 +231,8 @@ def load_knowledge(directory: Path | None = None) -> Knowledge:
     substitutes = tuple(
         Substitute(sid, s["display"],
                    tuple((read.uri(row[0]), row[1], row[2]) for row in s["codes"]),
-                   tuple(s["replaces"]), s.get("requires_factor"))
+                   tuple(s.get("replaces", ())), s.get("requires_factor"), s.get("sig", ""),
+                   tuple(s.get("adds_to", ())), s.get("gate"), tuple(s.get("same_as", ())))
         for sid, s in spec.get("substitutes", {}).items()
     )
     knowledge = Knowledge(
@@ -217,6 +253,8 @@ def load_knowledge(directory: Path | None = None) -> Knowledge:
         lab_by_loinc={code: lid for lid, lab in labs.items() for code in lab.loinc},
         unit_aliases={k.lower(): v for k, v in spec.get("unit_aliases", {}).items()},
         factors={fid: _factor(fid, s) for fid, s in spec["factors"].items()},
+        warnings=tuple(_pairing(w) for w in spec["warnings"]),
+        gates=_gates(spec["gates"]),
         condition_index=ConceptIndex(conditions),
         procedure_index=ConceptIndex(procedures),
         statuses=Statuses(**{k: frozenset(v) for k, v in spec["statuses"].items()}),

@@ -305,7 +305,54 @@ class Factor:
     evidence: str
     labs: tuple[LabCriterion, ...] = ()
     condition: str | None = None
+    # "current" (active), "prior" (resolved, inactive, "history of") or "recent" (active, and
+    # recorded within recent_days)
+    condition_when: str = "current"
+    recent_days: int | None = None
     sex: str | None = None
+
+
+@dataclass(frozen=True)
+class Pairing:
+    """When present factors make a warning (clinical.md tiers), as the knowledge file says."""
+
+    id: str
+    all: frozenset[str]
+    any: frozenset[str]
+    any_culprit: bool
+    with_other_modifiable: bool
+    consider: bool  # the "consider calciphylaxis" warning
+    why: str
+
+    def involves(self, factor: Factor) -> bool:
+        """Whether a factor takes part in this pairing (for an order card: is the drug being
+        ordered part of what makes the warning?)."""
+        return (factor.id in self.all | self.any
+                or (self.any_culprit and factor.culprit_drug)
+                or (self.with_other_modifiable and factor.fires))
+
+    def holds(self, present: frozenset[str], modifiable: frozenset[str],
+              culprits: frozenset[str]) -> bool:
+        if not self.all <= present:
+            return False
+        if self.any and not self.any & present:
+            return False
+        if self.any_culprit and not culprits & present:
+            return False
+        if self.with_other_modifiable:
+            own = self.all | (self.any & present)
+            return bool(modifiable - own)
+        return True
+
+
+@dataclass(frozen=True)
+class Gates:
+    """When a suggestion is safe to offer (clinical.md "Suggestions must be safe")."""
+
+    cinacalcet_calcium: tuple[LabCriterion, ...]  # the latest calcium must meet one of these
+    cinacalcet_not_taking: frozenset[str]  # medicine classes
+    phosphate_below: LabCriterion  # no binder swap when the latest phosphate is this low
+    doac_condition: str  # no "a DOAC may be used" with this diagnosis
 
 
 @dataclass(frozen=True)
@@ -313,8 +360,12 @@ class Substitute:
     id: str
     display: str
     codings: tuple[tuple[str, str, str], ...]  # (system URI, code, display): RxNorm SCD, ATC
-    replaces: tuple[str, ...]
+    replaces: tuple[str, ...]  # offered instead of a draft of these medicine classes
     requires_factor: str | None
+    sig: str = ""  # the label's starting dose
+    adds_to: tuple[str, ...] = ()  # offered beside a draft of these classes (nothing removed)
+    gate: str | None = None
+    same_as: tuple[str, ...] = ()  # ingredients that mean the patient already takes it
 
 
 @dataclass(frozen=True)
@@ -358,6 +409,8 @@ class Knowledge:
     lab_by_loinc: dict[str, str]
     unit_aliases: dict[str, str]
     factors: dict[str, Factor]  # in card order
+    warnings: tuple[Pairing, ...]
+    gates: Gates
     condition_index: ConceptIndex
     procedure_index: ConceptIndex
     statuses: Statuses
