@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint fixtures bench bench-floor bench-fhir soak clean
+.PHONY: serve test lint fixtures bench bench-floor bench-fhir alert-burden soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ bench: $(STAMP)
 	@command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk) || \
 		{ echo "wrk is missing: run 'apt-get install wrk' (Debian) as root" >&2; exit 1; }
 	$(BIN)/python bench/load.py
+	$(BIN)/python bench/alert_burden.py
+
+alert-burden: $(STAMP)
+	$(BIN)/python bench/alert_burden.py
 
 bench-floor: $(STAMP)
 	@command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk) || \

@@ -32,10 +32,10 @@ COMMENT_ONLY = "comment only"  # an override with a userComment and no reason Co
 
 def shown_card(service_id: str = "calciphylaxis-order-sign", *, rules=("vitamin_k_antagonist",),
                suggestions: int = 2, issued_at: datetime | None = None,
-               patient: str = "0123456789abcdef") -> ShownCard:
+               patient: str = "0123456789abcdef", indicator: str = "warning") -> ShownCard:
     return ShownCard(
         card_uuid=str(uuid.uuid4()), service_id=service_id, hook=SERVICES[service_id],
-        hook_instance=str(uuid.uuid4()), indicator="warning",
+        hook_instance=str(uuid.uuid4()), indicator=indicator,
         selection_behavior="at-most-one" if suggestions else None, patient_pseudonym=patient,
         issued_at=issued_at or datetime(2026, 11, 20, 12, tzinfo=UTC), rules=tuple(rules),
         suggestion_uuids=tuple(str(uuid.uuid4()) for _ in range(suggestions)))
@@ -48,6 +48,7 @@ def counts() -> Counter:
 @dataclass
 class Expected:
     services: dict[str, Counter] = field(default_factory=lambda: defaultdict(counts))
+    tiers: dict[str, Counter] = field(default_factory=lambda: defaultdict(counts))
     rules: dict[str, Counter] = field(default_factory=lambda: defaultdict(counts))
     reasons: Counter = field(default_factory=Counter)  # reason code (or COMMENT_ONLY) -> n
     weeks: dict[str, Counter] = field(default_factory=lambda: defaultdict(counts))
@@ -56,7 +57,8 @@ class Expected:
 
     def add(self, card: ShownCard, outcome: str, reason: str | None) -> None:
         year, week, _ = card.issued_at.isocalendar()
-        groups = [self.services[card.service_id], self.weeks[f"{year}-W{week:02d}"],
+        groups = [self.services[card.service_id], self.tiers[card.indicator],
+                  self.weeks[f"{year}-W{week:02d}"],
                   self.week_services[(f"{year}-W{week:02d}", card.service_id)]]
         groups += [self.rules[rule] for rule in card.rules]
         for group in groups:
@@ -82,8 +84,10 @@ def generate_history(store: FeedbackStore, *, seed: int = 7, cards: int = 240,
         if rng.random() < 0.15:
             rules += ("known_calciphylaxis",)
         issued_at = start + timedelta(minutes=rng.randrange(weeks * 7 * 24 * 60))
+        indicator = "critical" if "known_calciphylaxis" in rules else rng.choice(
+            ("warning", "info"))
         card = shown_card(service_id, rules=rules, suggestions=0 if service_id.endswith(
-            "patient-view") else 2, issued_at=issued_at)
+            "patient-view") else 2, issued_at=issued_at, indicator=indicator)
         shown.append(card)
         outcome = rng.choice(("accepted", "overridden", "ignored"))
         reason = rng.choice([*REASONS, COMMENT_ONLY]) if outcome == "overridden" else None

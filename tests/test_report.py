@@ -56,6 +56,10 @@ def test_json_counts_per_service_factor_reason_and_week_are_exact(store, history
         s: as_numbers(c) for s, c in history.services.items()}
     assert {r: numbers(c) for r, c in body["rules"].items()} == {
         r: as_numbers(c) for r, c in history.rules.items()}
+    # The alert burden by tier, for the committee.
+    assert {t: numbers(c) for t, c in body["tiers"].items()} == {
+        t: as_numbers(c) for t, c in history.tiers.items()}
+    assert set(body["tiers"]) == {"critical", "warning", "info"}
     assert {r["code"] or COMMENT_ONLY: r["overridden"]
             for r in body["override_reasons"].values()} == dict(history.reasons)
     assert {w: numbers(c) for w, c in body["weeks"].items()} == {
@@ -90,6 +94,9 @@ def test_text_report_lists_services_factors_weeks_and_reasons(store, history, tm
     for words in ("Factor (rule)", "high_pth", "2026-W37", "Override reason",
                   "reviewed-by-nephrology", COMMENT_ONLY):
         assert words in text
+    warning = history.tiers["warning"]
+    line = next(li for li in text.splitlines() if li.startswith("warning "))
+    assert line.split()[1:5] == [str(warning[f]) for f in FIELDS]
 
 
 def test_html_is_one_self_contained_file_with_the_weekly_chart(store, history, tmp_path):

@@ -1,5 +1,6 @@
-"""Acceptance analytics: cards shown, accepted, overridden and ignored, per service, per factor
-(rule id), per override reason and per ISO week.
+"""Acceptance analytics: cards shown, accepted, overridden and ignored, per service, per tier
+(critical, warning, info: the alert burden a committee watches), per factor (rule id), per
+override reason and per ISO week.
 
 A card counts once, with the outcome of its latest report (by outcomeTimestamp): a card first
 overridden and then accepted is accepted. "Ignored" is a card shown with no feedback at all.
@@ -73,6 +74,7 @@ class Report:
     since: datetime | None
     total: Counts = field(default_factory=Counts)
     services: defaultdict[str, Counts] = field(default_factory=_counts_by)
+    tiers: defaultdict[str, Counts] = field(default_factory=_counts_by)
     rules: defaultdict[str, Counts] = field(default_factory=_counts_by)
     override_reasons: dict[str, OverrideReason] = field(default_factory=dict)
     weeks: defaultdict[str, Week] = field(default_factory=lambda: defaultdict(Week))
@@ -88,6 +90,7 @@ class Report:
             "since": self.since.isoformat() if self.since else None,
             "total": self.total.as_dict(),
             "services": table(self.services),
+            "tiers": table(self.tiers),
             "rules": {key: counts | ({"label": labels[key]} if key in labels else {})
                       for key, counts in table(self.rules).items()},
             "override_reasons": {key: self.override_reasons[key].as_dict()
@@ -116,7 +119,7 @@ def _shown_cards(since: datetime | None) -> sa.Subquery:
     ).subquery("ranked")
     final = sa.select(ranked).where(ranked.c.latest == 1).subquery("final")
     query = sa.select(
-        issued_card.c.card_uuid, issued_card.c.service_id,
+        issued_card.c.card_uuid, issued_card.c.service_id, issued_card.c.indicator,
         sa.func.date(issued_card.c.issued_at).label("day"),
         sa.func.coalesce(final.c.outcome, "ignored").label("outcome"),
         final.c.reason_system, final.c.reason_code, final.c.reason_display,
@@ -143,6 +146,10 @@ def build_report(store: FeedbackStore, *, since: datetime | None, now: datetime)
             for counts in (report.total, report.services[row.service_id], week.total,
                            week.services[row.service_id]):
                 counts.add(row.outcome, row.n)
+        for row in connection.execute(
+                sa.select(shown.c.indicator, shown.c.outcome, count)
+                .group_by(shown.c.indicator, shown.c.outcome)):
+            report.tiers[row.indicator].add(row.outcome, row.n)
         by_rule = shown.join(issued_card_rule, issued_card_rule.c.card_uuid == shown.c.card_uuid)
         for row in connection.execute(
                 sa.select(issued_card_rule.c.rule_id, shown.c.day, shown.c.outcome, count)

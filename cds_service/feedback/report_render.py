@@ -15,6 +15,7 @@ from jinja2 import Environment, select_autoescape
 from .report import Counts, Report
 
 COLUMNS = ("shown", "accepted", "overridden", "ignored")
+TIERS = ("critical", "warning", "info")
 
 
 def _rate(counts: Counts) -> str:
@@ -42,6 +43,7 @@ def render_text(report: Report, labels: dict[str, str] | None = None) -> str:
         lines.append("")
 
     section("Service", [*sorted(report.services.items()), ("(all)", report.total)])
+    section("Tier", [(tier, report.tiers[tier]) for tier in TIERS if tier in report.tiers])
     section("Factor (rule)", [(f"{rule} ({labels[rule]})" if rule in labels else rule, counts)
                               for rule, counts in sorted(report.rules.items())])
     section("ISO week", [(week, report.weeks[week].total) for week in sorted(report.weeks)])
@@ -132,6 +134,8 @@ def render_html(report: Report, labels: dict[str, str] | None = None) -> str:
 
     tables = [
         ("By service", [*rows(report.services), ("(all)", report.total.as_dict())]),
+        ("By tier", [(tier, report.tiers[tier].as_dict()) for tier in TIERS
+                     if tier in report.tiers]),
         ("By factor (rule)", rows(report.rules, named=True)),
         ("By ISO week", [(week, report.weeks[week].total.as_dict())
                          for week in sorted(report.weeks)]),
