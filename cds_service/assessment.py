@@ -114,6 +114,7 @@ class Assessment:
     # Conditions that change the advice: no "a DOAC may be used" with these.
     doac_contraindications: tuple[ConditionEntry, ...] = ()
     phosphate_low: LabResult | None = None
+    transplanted: bool = False  # a kidney transplant is on record (the card says what that means)
 
     @property
     def firing(self) -> list[Finding]:
@@ -456,6 +457,7 @@ def assess(record: PatientRecord, knowledge: Knowledge, now: datetime,
         return Assessment(in_scope=False, scope_reason=reason, patient_id=record.patient_id)
     notes: list[LabNote] = []
     findings, pth_overdue = _findings(record, knowledge, now, notes)
+    pth_overdue = pth_overdue and in_scope  # KDIGO's PTH interval is for CKD G5D
     culprits = frozenset(f.id for f in knowledge.factors.values() if f.culprit_drug)
     present = frozenset(f.factor.id for f in findings)
     tier, pairings = _tier(present, knowledge, in_scope=in_scope, known=known,
@@ -494,4 +496,5 @@ def assess(record: PatientRecord, knowledge: Knowledge, now: datetime,
         doac_contraindications=tuple(_active_with(record, knowledge,
                                                   knowledge.gates.doac_condition)),
         phosphate_low=phosphate_low if "calcium_binder" in present else None,
+        transplanted=_transplant(record, knowledge, now) is not None,
     )

@@ -150,7 +150,9 @@ class CardWriter:
         reasons = spec["override_reasons"]
         self.override_reasons = [{"system": reasons["system"], "code": r["code"],
                                   "display": r["display"]} for r in reasons["reasons"]]
-        self.footer = f"{spec['scope_note']}\n\n{spec['references'].strip()}"
+        self.scope_note = spec["scope_note"]
+        self.transplant_note = spec["transplant_note"]
+        self.references = spec["references"].strip()
         self.evidence = {k: md("evidence", k) for k in
                          ("medication", "administration", "lab", "condition", "unreadable_lab",
                           "unreadable_medication", "unavailable_data")}
@@ -321,8 +323,11 @@ class CardWriter:
                 return text
         return text[: SUMMARY_LIMIT - 1].rstrip() + "…"
 
-    def _detail(self, body: str) -> str:
-        return f"{_tidy(body)}\n\n{self.footer}"
+    def _detail(self, body: str, assessment: Assessment) -> str:
+        note = self.scope_note
+        if assessment.transplanted:  # said only where it applies
+            note = f"{note} {self.transplant_note}"
+        return f"{_tidy(body)}\n\n{note}\n\n{self.references}"
 
     def _card(self, rules, summary: str, indicator: str, detail: str,
               suggestions=None) -> IssuedCard:
@@ -383,7 +388,7 @@ class CardWriter:
                 self._summary(self.pv_summary["pth"], [], pth_interval_days=days), INFO,
                 self._detail(self.pv_pth_detail.render(
                     pth_interval_days=days, scope=self._scope_line(assessment),
-                    unreadable=unreadable)))]
+                    unreadable=unreadable), assessment))]
         taken, held = self._culprits(assessment)
         consider = tier == WARNING and any(p.consider for p in assessment.pairings)
         if tier == CRITICAL:
@@ -410,7 +415,7 @@ class CardWriter:
                                 suspected=self._suspected(assessment),
                                 lesion=self._lesion_phrase(assessment))
         suggestions = self._suggestions(assessment.suggestions, assessment.patient_id)
-        return [self._card(rules, summary, tier, self._detail(detail), suggestions)]
+        return [self._card(rules, summary, tier, self._detail(detail, assessment), suggestions)]
 
     def _lesion_phrase(self, assessment: Assessment) -> str:
         lesion = assessment.finding("new_skin_lesion")
@@ -453,7 +458,7 @@ class CardWriter:
         rules = [tier, draft.finding.factor.id, *(p.id for p in draft.pairings)]
         if tier == CRITICAL:
             rules.append("known_calciphylaxis")
-        return self._card(rules, summary, tier, self._detail(detail),
+        return self._card(rules, summary, tier, self._detail(detail, assessment),
                           self._suggestions(draft.suggestions, patient_id))
 
     # -- suggestions ---------------------------------------------------------------------------

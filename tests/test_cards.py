@@ -84,7 +84,18 @@ def test_cards_cite_their_sources_and_the_scope_note(knowledge, writer):
                                                               "warfarin")), knowledge, NOW))
     detail = issued.card["detail"]
     assert "KDIGO 2017" in detail and "N Engl J Med 2018" in detail and "KDOQI 2003" in detail
-    assert "kidney transplant" in detail
+    assert "maintenance dialysis" in detail
+    # The transplant note only where it applies: this patient was never transplanted.
+    assert "transplant" not in detail.lower()
+
+
+def test_the_transplant_note_is_shown_to_a_transplanted_patient(knowledge, writer):
+    record = in_scope_record(med("vitamin_k_antagonist", "warfarin"))
+    record.procedures.append(ProcedureEntry("Procedure/tx", "kidney_transplant", "70536003",
+                                            "Transplant of kidney", "completed",
+                                            NOW - timedelta(days=900)))
+    [issued] = writer.patient_view(assess(record, knowledge, NOW))
+    assert "after a kidney transplant" in issued.card["detail"]
     assert issued.card["source"]["topic"]["code"] == "calciphylaxis-risk"
 
 
