@@ -27,13 +27,6 @@ def as_utc(value) -> datetime | None:
     return None
 
 
-def period_end(period) -> datetime | None:
-    """The end of a Period, else its start (a procedure still running counts from its start)."""
-    if period is None:
-        return None
-    return as_utc(period.end) or as_utc(period.start)
-
-
 def parse_instant(value) -> datetime | None:
     """A raw FHIR date/dateTime string as UTC, cheaply, for ordering before validation."""
     if not isinstance(value, str) or len(value) < 4:

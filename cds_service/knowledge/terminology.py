@@ -95,9 +95,3 @@ class CodeSystems:
         if fmt.pattern is not None:
             code = fmt.pattern.sub(fmt.replace, code)
         return code
-
-    def codes(self, short: str, rows) -> frozenset[CodeKey]:
-        """Canonical keys of knowledge-file rows that start [short name, code, ...]."""
-        if short not in self.uri:
-            raise KeyError(short)
-        return frozenset(self.canonical(self.uri[short], row) for row in rows)
