@@ -10,6 +10,7 @@ from flask import Blueprint, Response, g
 from prometheus_client import Counter
 
 from ..errors import UnknownService
+from ..request_body import decode_json_body  # the hook calls' body rules (415, 413, 400)
 from ..services import SERVICES
 from .recorder import CardRecorder
 from .store import FeedbackStore
@@ -30,12 +31,10 @@ def feedback_blueprint(store: FeedbackStore, recorder: CardRecorder | None,
 
     @blueprint.post("/cds-services/<service_id>/feedback")
     def receive_feedback(service_id: str):
-        from ..app import _decode_json_body  # the hook calls' body rules (415, 413, 400)
-
         if service_id not in SERVICES:
             raise UnknownService(f"no CDS service '{service_id}'; see GET /cds-services")
         now = clock()
-        entries = parse_feedback(_decode_json_body(), now)
+        entries = parse_feedback(decode_json_body(), now)
         try:
             result = submit_feedback(store, recorder, service_id, entries,
                                      client_iss=g.get("client_iss"), received_at=now)

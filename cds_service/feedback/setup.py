@@ -32,7 +32,7 @@ def init_feedback(app: Flask, settings: Settings, clock: Callable[[], datetime])
         # Cards are still served; the recorder and the feedback route retry the migration.
         log.warning("feedback store %s unreachable at start; retrying in the background",
                     store.display_url())
-    # With gunicorn's preload the app is built in the master: let no pooled connection be
+    # `serve` builds the app in the main process: let no pooled connection be
     # inherited by the forked workers.
     store.dispose()
     recorder = CardRecorder(store, record_hash_key(settings.record_hash_key,
@@ -41,5 +41,8 @@ def init_feedback(app: Flask, settings: Settings, clock: Callable[[], datetime])
     app.register_blueprint(feedback_blueprint(store, recorder, clock))
     feedback = Feedback(store, recorder)
     app.extensions["feedback"] = feedback
-    atexit.register(recorder.close, 2.0)  # write what is queued when a worker exits
+    # Write what is queued when a worker exits: at interpreter exit, or when the server ends a
+    # worker process (which skips atexit).
+    atexit.register(recorder.close, 2.0)
+    app.extensions["worker_exit_callbacks"].append(lambda: recorder.close(2.0))
     return feedback

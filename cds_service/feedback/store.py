@@ -137,14 +137,14 @@ class FeedbackStore:
     # -- schema ----------------------------------------------------------------------------
     def migrate(self) -> None:
         """`alembic upgrade head` on this database; safe when several processes start at once."""
+        # Alembic's INFO lines are for its own command line; we log one line when it upgrades.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
         from alembic import command
         from alembic.config import Config
         from alembic.migration import MigrationContext
 
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
-        # Alembic's INFO lines are for its own command line; we log one line when it upgrades.
-        logging.getLogger("alembic").setLevel(logging.WARNING)
         with self.write() as connection:
             if self.dialect == "postgresql":
                 connection.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"),
