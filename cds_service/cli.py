@@ -47,8 +47,11 @@ def serve(host: str | None, port: int | None, config_path: str | None,
         logging.getLogger("cds_service").warning(
             "DEVELOPMENT MODE: no configuration file; listening on loopback only, "
             "client authentication off")
-    run_server(settings, host or settings.host, port or settings.port,
-               workers or settings.workers)
+    try:
+        run_server(settings, host or settings.host, port or settings.port,
+                   workers or settings.workers)
+    except ConfigError as exc:  # e.g. production mode without public_base_url
+        raise click.ClickException(str(exc)) from exc
 
 
 def _print_cards(response: dict) -> None:

@@ -129,7 +129,7 @@ def load_settings(path: str | Path | None = None) -> Settings:
             development=False,
             source=path,
             clients=tuple(clients),
-            public_base_url=spec.get("public_base_url"),
+            public_base_url=_public_base_url(spec.get("public_base_url")),
             fhir_deadline_seconds=float(spec.get("fhir_deadline_seconds", 1.5)),
             jwt_leeway_seconds=float(spec.get("jwt_leeway_seconds", 30.0)),
             instance_dir=relative(spec.get("instance_dir")) or Settings.instance_dir,
@@ -138,6 +138,23 @@ def load_settings(path: str | Path | None = None) -> Settings:
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid value in {path}: {exc}") from exc
+
+
+def _public_base_url(value: object) -> str | None:
+    """The base URL clients call (their JWTs' aud): http(s), a host, nothing else to confuse."""
+    if value is None:
+        return None
+    try:
+        parts = urlsplit(value) if isinstance(value, str) else None
+        valid = (parts is not None and parts.scheme in ("https", "http") and parts.hostname
+                 and parts.port is not False and not parts.username and not parts.password
+                 and not parts.query and not parts.fragment and "@" not in parts.netloc)
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ConfigError("public_base_url must be an http(s) URL with a host and no user, "
+                          "query or fragment, e.g. https://cds.hospital.example/")
+    return value
 
 
 def _check_client(index: int, entry: dict, earlier: list[TrustedClient]) -> None:

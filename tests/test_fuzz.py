@@ -96,7 +96,8 @@ def _secured_settings() -> Settings:
     jwk = {**ECAlgorithm.to_jwk(CLIENT_KEY.public_key(), as_dict=True), "kid": "fuzz-1"}
     (folder / "jwks.json").write_text(json.dumps({"keys": [jwk]}))
     (folder / "service.toml").write_text(
-        f'instance_dir = "instance"\n[[clients]]\niss = "{CLIENT_ISS}"\n'
+        f'instance_dir = "instance"\npublic_base_url = "http://localhost/"\n'
+        f'[[clients]]\niss = "{CLIENT_ISS}"\n'
         'jwks_file = "jwks.json"\n')
     return load_settings(folder / "service.toml")
 
