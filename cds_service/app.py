@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None, *,
     app.before_request(client_authentication(settings))
     app.register_blueprint(openapi_blueprint)
     # Feedback (CDS Hooks F1) and the record of every card shown, for acceptance analytics.
-    init_feedback(app, settings, clock)
+    feedback = init_feedback(app, settings, clock)
 
     @app.get("/cds-services")
     def discovery():
@@ -102,6 +102,9 @@ def create_app(settings: Settings | None = None, *,
             log.exception("hook %s patient=%s failed; answering with no cards", service_id,
                           patient_tag)
             return _json({"cards": []})
+        # Card uuids this service can later recognise in feedback, with or without the record.
+        for issued in result.issued:
+            issued.card["uuid"] = feedback.card_ids.mint(service.id)
         g.cards_returned = response["cards"]
         g.fhir_requests, g.fhir_seconds = stats.requests, stats.fetch_seconds
         for listener in app.extensions["cards_issued_listeners"]:

@@ -63,6 +63,8 @@ class Settings:
     database_url: str | None = field(default=None, repr=False)  # may hold a password
     # Key of the patient pseudonyms in that store; None: one generated and kept in instance_dir.
     record_hash_key: bytes | None = field(default=None, repr=False)
+    # The longest a hook call waits for the shared JWT replay store before checking without it.
+    replay_store_timeout_seconds: float = 0.05
 
     def fhir_server_allowed(self, url: str, iss: str | None) -> bool:
         """Only configured FHIR servers are contacted; in development, loopback ones only."""
@@ -134,6 +136,7 @@ def load_settings(path: str | Path | None = None) -> Settings:
             jwt_leeway_seconds=float(spec.get("jwt_leeway_seconds", 30.0)),
             instance_dir=relative(spec.get("instance_dir")) or Settings.instance_dir,
             jwks_refetch_cooldown_seconds=float(spec.get("jwks_refetch_cooldown_seconds", 60.0)),
+            replay_store_timeout_seconds=float(spec.get("replay_store_timeout_seconds", 0.05)),
             **extra,
         )
     except (TypeError, ValueError) as exc:

@@ -26,6 +26,8 @@ from .errors import AuthenticationRequired
 from .jwks import KeyNotFound, KeySets
 from .observability import AUTH_FAILURES
 from .replay import ReplayCache
+from .resilient_replay import ResilientReplayCache
+from .store_guard import StoreGuard
 
 log = logging.getLogger("cds_service.security")
 
@@ -107,7 +109,7 @@ class ClientVerifier:
     """Checks `Authorization: Bearer <JWT>` headers against the trusted clients."""
 
     def __init__(self, settings: Settings, *, keys: KeySets | None = None,
-                 replay: ReplayCache | None = None,
+                 replay: ResilientReplayCache | ReplayCache | None = None,
                  clock: Callable[[], float] = time.time):
         self.clients: dict[str, TrustedClient] = {c.iss: c for c in settings.clients}
         self.leeway = settings.jwt_leeway_seconds
@@ -199,17 +201,23 @@ class ClientVerifier:
             raise Rejected("not yet valid")
 
 
-def replay_cache(settings: Settings):
-    """The host's SQLite cache, or, with a database configured, the cache all hosts share."""
-    local = ReplayCache(Path(settings.instance_dir) / REPLAY_DB_NAME)
-    if not settings.database_url:
-        return local
-    from .feedback.store import FeedbackStore
-    from .shared_replay import SharedReplayCache
+def replay_cache(settings: Settings) -> ResilientReplayCache:
+    """The shared database's cache (with a database configured), then the host's SQLite file,
+    then this worker's memory: each store behind a deadline and a circuit breaker."""
+    stores = []
+    if settings.database_url:
+        from .feedback.store import FeedbackStore
+        from .shared_replay import SharedReplayCache
 
-    store = FeedbackStore(settings.database_url)
-    store.dispose()  # built before gunicorn forks: let no pooled connection be inherited
-    return SharedReplayCache(store, fallback=local)
+        store = FeedbackStore(settings.database_url)
+        store.dispose()  # built before the server forks: let no pooled connection be inherited
+        stores.append((SharedReplayCache(store), StoreGuard(
+            "replay-shared", deadline_seconds=settings.replay_store_timeout_seconds,
+            fallback="checking replays in this host's file")))
+    # Inline: SQLite waits at most its busy timeout (replay.BUSY_TIMEOUT_SECONDS).
+    stores.append((ReplayCache(Path(settings.instance_dir) / REPLAY_DB_NAME), StoreGuard(
+        "replay-local", deadline_seconds=None, fallback="checking replays in memory")))
+    return ResilientReplayCache(stores)
 
 
 def expected_audience(settings: Settings) -> str:

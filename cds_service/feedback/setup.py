@@ -10,6 +10,7 @@ from datetime import datetime
 
 from flask import Flask
 
+from ..card_ids import CardIds
 from ..config import Settings
 from .recorder import CardRecorder, record_hash_key
 from .routes import feedback_blueprint
@@ -22,6 +23,7 @@ log = logging.getLogger("cds_service.feedback")
 class Feedback:
     store: FeedbackStore
     recorder: CardRecorder
+    card_ids: CardIds  # mints the card uuids the feedback endpoint can verify
 
 
 def init_feedback(app: Flask, settings: Settings, clock: Callable[[], datetime]) -> Feedback:
@@ -35,11 +37,12 @@ def init_feedback(app: Flask, settings: Settings, clock: Callable[[], datetime])
     # `serve` builds the app in the main process: let no pooled connection be
     # inherited by the forked workers.
     store.dispose()
-    recorder = CardRecorder(store, record_hash_key(settings.record_hash_key,
-                                                   settings.instance_dir), clock=clock)
+    key = record_hash_key(settings.record_hash_key, settings.instance_dir)
+    recorder = CardRecorder(store, key, clock=clock)
+    card_ids = CardIds(key)
     app.extensions["cards_issued_listeners"].append(recorder)
-    app.register_blueprint(feedback_blueprint(store, recorder, clock))
-    feedback = Feedback(store, recorder)
+    app.register_blueprint(feedback_blueprint(store, card_ids, recorder, clock))
+    feedback = Feedback(store, recorder, card_ids)
     app.extensions["feedback"] = feedback
     # Write what is queued when a worker exits: at interpreter exit, or when the server ends a
     # worker process (which skips atexit).
