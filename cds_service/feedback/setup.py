@@ -37,6 +37,10 @@ def init_feedback(app: Flask, settings: Settings, clock: Callable[[], datetime])
     # `serve` builds the app in the main process: let no pooled connection be
     # inherited by the forked workers.
     store.dispose()
+    if settings.record_hash_key is None and not settings.development:
+        log.warning("the record's pseudonym key is kept in instance_dir beside the card store: "
+                    "a copy of both allows re-identification by trying patient ids; set "
+                    "CDS_RECORD_HASH_KEY, CDS_RECORD_HASH_KEY_FILE or record_hash_key_file")
     key = record_hash_key(settings.record_hash_key, settings.instance_dir)
     recorder = CardRecorder(store, key, clock=clock)
     card_ids = CardIds(key)
