@@ -18,7 +18,7 @@ during which other processes used more than 10% of the CPU is repeated (--busy-r
 The soak starts the server with 2 workers and sends a fixed mix of all those requests at a fixed
 rate from a separate process (bench/fixed_rate.py) for the given time; it requires zero errors
 and worker memory (VmRSS) that does not grow more than --max-rss-growth percent, and prints the
-RSS of the gunicorn master and workers at start, along the way, and at the end.
+RSS of the server's main process and workers at start, along the way, and at the end.
 
 Loopback only. Exit code 0 when every answer was right (and, for the soak, memory stayed flat);
 1 otherwise; 2 for a bad option or a port in use.
@@ -231,8 +231,9 @@ def run_comparison(args: argparse.Namespace) -> int:
     print(f"""
 How to read the tables:
 - p50 ms, p99 ms: latency of each request, timed by wrk's Lua script from handing wrk the request
-  to the whole response read (connection set-up excluded: gunicorn's sync workers close the
-  connection after each answer and wrk reconnects), percentiles by {PERCENTILE_METHOD}.
+  to the whole response read (connection set-up excluded: granian keeps connections alive;
+  gunicorn's sync workers close them after each answer and wrk reconnects), percentiles by
+  {PERCENTILE_METHOD}.
 - wrk p99: wrk's own p99 (what --latency prints), which adds synthetic samples for requests slower
   than twice the mean interval (its coordinated-omission correction): a rare stall weighs more.
 - req/s: requests / run time. xbase: the figure divided by the same figure of GET /cds-services
@@ -245,8 +246,8 @@ requests
 taken
   from the workers. other CPU: CPU time of the processes other than the server, wrk and this
   script during the run, in % of all cores; above a few %, the row's figures are pessimistic.
-- recycled: workers replaced by gunicorn during the run (max_requests, after 10,000-11,000
-  requests each; the fast baseline gets there within a run).
+- recycled: workers replaced during the run (gunicorn: max_requests, after 10,000-11,000
+  requests each; granian: only a crashed, stuck or oversized worker).
 - runs: a kind of request is run again (--busy-retries, {args.busy_retries}) when other \
 processes took
   more than {BUSY_PCT:g}% of the CPU during its run; the run with the least is shown, errors of
