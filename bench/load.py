@@ -231,9 +231,8 @@ def run_comparison(args: argparse.Namespace) -> int:
     print(f"""
 How to read the tables:
 - p50 ms, p99 ms: latency of each request, timed by wrk's Lua script from handing wrk the request
-  to the whole response read (connection set-up excluded: granian keeps connections alive;
-  gunicorn's sync workers close them after each answer and wrk reconnects), percentiles by
-  {PERCENTILE_METHOD}.
+  to the whole response read (connection set-up excluded: both servers close the connection
+  after each answer and wrk reconnects), percentiles by {PERCENTILE_METHOD}.
 - wrk p99: wrk's own p99 (what --latency prints), which adds synthetic samples for requests slower
   than twice the mean interval (its coordinated-omission correction): a rare stall weighs more.
 - req/s: requests / run time. xbase: the figure divided by the same figure of GET /cds-services
