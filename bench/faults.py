@@ -14,7 +14,7 @@ read: an outcome acknowledged (200) but not in the store is LOST.
 
 Scenarios: baseline; slow-clients (200 connections sending headers or a body a byte a second;
 also against the server before issue 12, gunicorn sync workers, to show the defect); kill-9 (one
-worker SIGKILLed mid-traffic); full-disk (instance_dir on a 1 MB tmpfs, filled; needs root and
+worker SIGKILLed mid-traffic); full-disk (instance_dir on a 16 MB tmpfs, filled; needs root and
 mount, else skipped and said so); locked-sqlite (the replay file and the card store held by an
 exclusive lock); hung-postgresql (database_url through a relay to a throwaway PostgreSQL that
 stops answering: connections accepted, nothing sent back).
@@ -309,7 +309,7 @@ class Relay:
 
 def mount_tmpfs(folder: Path) -> bool:
     folder.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)],
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(folder)],
                           capture_output=True)
     return done.returncode == 0
 
@@ -396,6 +396,9 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace, body: bytes, pg) 
         ehrs.retry_deferred(time.monotonic() + RETRY_FOR_S)
         if not server.alive():
             row.note = "the server died"
+        if tally.deferred:  # say why the store still refuses
+            row.note = " | ".join(line[-160:] for line in server.log_tail(400).splitlines()
+                                  if '"WARNING"' in line or '"ERROR"' in line)[-600:]
         server.stop()
         if signed:
             row.lost = len(tally.acknowledged - stored_outcomes(instance, database_url))

@@ -67,6 +67,9 @@ class Settings:
     record_hash_key: bytes | None = field(default=None, repr=False)
     # The longest a hook call waits for the shared JWT replay store before checking without it.
     replay_store_timeout_seconds: float = 0.05
+    # The longest a feedback call waits for its store before answering 503 (Retry-After): it
+    # runs on a worker that also serves cards.
+    feedback_store_timeout_seconds: float = 0.05
 
     def fhir_server_allowed(self, url: str, iss: str | None) -> bool:
         """Only configured FHIR servers are contacted; in development, loopback ones only."""
@@ -143,6 +146,8 @@ def load_settings(path: str | Path | None = None) -> Settings:
             instance_dir=relative(spec.get("instance_dir")) or Settings.instance_dir,
             jwks_refetch_cooldown_seconds=float(spec.get("jwks_refetch_cooldown_seconds", 60.0)),
             replay_store_timeout_seconds=float(spec.get("replay_store_timeout_seconds", 0.05)),
+            feedback_store_timeout_seconds=float(spec.get("feedback_store_timeout_seconds",
+                                                          0.05)),
             **extra,
         )
     except (TypeError, ValueError) as exc:

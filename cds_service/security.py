@@ -206,10 +206,16 @@ def replay_cache(settings: Settings) -> ResilientReplayCache:
     then this worker's memory: each store behind a deadline and a circuit breaker."""
     stores = []
     if settings.database_url:
-        from .feedback.store import FeedbackStore
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from .feedback.store import FeedbackStore, StoreUnavailable
         from .shared_replay import SharedReplayCache
 
         store = FeedbackStore(settings.database_url)
+        try:  # migrate here, once, not on a worker's first call (slower than its deadline)
+            store.ensure_ready()
+        except (StoreUnavailable, SQLAlchemyError):
+            pass  # retried on first use, behind the guard
         store.dispose()  # built before the server forks: let no pooled connection be inherited
         stores.append((SharedReplayCache(store), StoreGuard(
             "replay-shared", deadline_seconds=settings.replay_store_timeout_seconds,

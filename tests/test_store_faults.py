@@ -25,9 +25,14 @@ from cds_service.config import load_settings
 from cds_service.feedback.store import FeedbackStore
 from cds_service.store_guard import StoreGuard, StoreSkipped
 
+# Outcomes are tested here, not deadlines: no 503 from a slow test machine (a locked store still
+# answers 503 within its 0.25 s busy timeout).
+PATIENT = "feedback_store_timeout_seconds = 5.0"
+
 
 def signed_app(folder, top: str = ""):
-    app = create_app(load_settings(write_config(folder, CLIENTS, top)), clock=lambda: ANCHOR)
+    app = create_app(load_settings(write_config(folder, CLIENTS, f"{PATIENT}\n{top}")),
+                     clock=lambda: ANCHOR)
     app.config["TESTING"] = True
     return app
 
@@ -191,7 +196,7 @@ def outcome(card: dict) -> dict:
 def test_feedback_before_the_cards_record_is_accepted_and_reconciled(tmp_path):
     """Before: the record waiting in another worker's queue, or lost with a killed worker,
     made valid feedback a permanent 400 'not a card this service issued'."""
-    app = create_app(load_settings(write_config(tmp_path, CLIENTS)), clock=lambda: ANCHOR)
+    app = create_app(load_settings(write_config(tmp_path, CLIENTS, PATIENT)), clock=lambda: ANCHOR)
     client = app.test_client()
     listeners = app.extensions["cards_issued_listeners"]
     held: list = []
@@ -216,7 +221,7 @@ def test_feedback_for_a_card_whose_record_was_lost_is_kept_and_reported(tmp_path
 
     from cds_service.cli import main
 
-    config = write_config(tmp_path, CLIENTS)
+    config = write_config(tmp_path, CLIENTS, PATIENT)
     app = create_app(load_settings(config), clock=lambda: ANCHOR)
     client = app.test_client()
     app.extensions["cards_issued_listeners"][:] = []  # a SIGKILL took the record
@@ -233,7 +238,7 @@ def test_feedback_for_a_card_whose_record_was_lost_is_kept_and_reported(tmp_path
 @pytest.mark.parametrize("uuid", ["0b6c1b4e-7d0c-4f0e-9a53-8f0b2c1d9e11",
                                   "not-a-uuid-at-all"])
 def test_feedback_for_a_card_this_service_never_issued_is_still_400(tmp_path, uuid):
-    app = create_app(load_settings(write_config(tmp_path, CLIENTS)), clock=lambda: ANCHOR)
+    app = create_app(load_settings(write_config(tmp_path, CLIENTS, PATIENT)), clock=lambda: ANCHOR)
     url = PATIENT_VIEW + "/feedback"
     answer = app.test_client().post(url, json=outcome({"uuid": uuid}),
                                     headers=bearer(token(aud=BASE + url)))
@@ -244,7 +249,7 @@ def test_feedback_for_a_card_this_service_never_issued_is_still_400(tmp_path, uu
 def test_feedback_while_its_store_is_locked_is_503_with_retry_after(tmp_path):
     """Before: a locked store held the feedback call (and its worker) for the 30 s busy
     timeout."""
-    app = create_app(load_settings(write_config(tmp_path, CLIENTS)), clock=lambda: ANCHOR)
+    app = create_app(load_settings(write_config(tmp_path, CLIENTS, PATIENT)), clock=lambda: ANCHOR)
     client = app.test_client()
     card = signed_call(client).get_json()["cards"][0]
     assert app.extensions["feedback"].recorder.flush(10)

@@ -15,7 +15,6 @@ from ..errors import UnknownService
 from ..request_body import decode_json_body  # the hook calls' body rules (415, 413, 400)
 from ..services import SERVICES
 from ..store_guard import StoreGuard, StoreSkipped
-from .recorder import CardRecorder
 from .store import FeedbackStore, StoreUnavailable
 from .submit import submit_feedback
 from .validation import FeedbackInvalid, parse_feedback
@@ -28,15 +27,14 @@ def _json(body: object, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status=status, mimetype="application/json")
 
 
-# A feedback call waits at most this long for the store, then answers 503 (Retry-After): the
-# worker is back to serving cards within half a second, whatever the store does.
-STORE_DEADLINE_SECONDS = 0.5
-
-
-def feedback_blueprint(store: FeedbackStore, card_ids: CardIds, recorder: CardRecorder | None,
-                       clock: Callable[[], datetime]) -> Blueprint:
+def feedback_blueprint(store: FeedbackStore, card_ids: CardIds, clock: Callable[[], datetime],
+                       deadline_seconds: float = 0.05) -> Blueprint:
     blueprint = Blueprint("feedback", __name__)
-    guard = StoreGuard("feedback", deadline_seconds=STORE_DEADLINE_SECONDS,
+    # A feedback call waits at most `deadline_seconds` for the store, then answers 503
+    # (Retry-After): it runs on a worker that also serves cards, so a store that hangs may delay
+    # a card by this much, at most 3 times per worker per 30 s (the breaker). A normal feedback
+    # write takes milliseconds.
+    guard = StoreGuard("feedback", deadline_seconds=deadline_seconds, fail_max=3,
                        fallback="feedback answered 503 with Retry-After",
                        exclude=(FeedbackInvalid,))
 
@@ -47,7 +45,7 @@ def feedback_blueprint(store: FeedbackStore, card_ids: CardIds, recorder: CardRe
         now = clock()
         entries = parse_feedback(decode_json_body(), now)
         try:
-            result = guard.call(partial(submit_feedback, store, recorder, service_id, entries,
+            result = guard.call(partial(submit_feedback, store, service_id, entries,
                                         client_iss=g.get("client_iss"), received_at=now,
                                         card_ids=card_ids))
         except FeedbackInvalid:

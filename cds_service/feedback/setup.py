@@ -45,7 +45,8 @@ def init_feedback(app: Flask, settings: Settings, clock: Callable[[], datetime])
     recorder = CardRecorder(store, key, clock=clock)
     card_ids = CardIds(key)
     app.extensions["cards_issued_listeners"].append(recorder)
-    app.register_blueprint(feedback_blueprint(store, card_ids, recorder, clock))
+    app.register_blueprint(feedback_blueprint(store, card_ids, clock,
+                                            settings.feedback_store_timeout_seconds))
     feedback = Feedback(store, recorder, card_ids)
     app.extensions["feedback"] = feedback
     # Write what is queued when a worker exits: at interpreter exit, or when the server ends a

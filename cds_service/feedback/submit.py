@@ -16,12 +16,8 @@ import sqlalchemy as sa
 
 from ..card_ids import CardIds
 from ..services import SERVICES
-from .recorder import CardRecorder
 from .store import FeedbackStore, StoreUnavailable, is_store_down
 from .validation import FeedbackEntry, check_against_cards
-
-# The longest a feedback call waits for this process's own queued card records.
-LOCAL_FLUSH_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -30,13 +26,9 @@ class Stored:
     duplicates: int  # reports already stored (or repeated within the batch)
 
 
-def submit_feedback(store: FeedbackStore, recorder: CardRecorder | None, service_id: str,
+def submit_feedback(store: FeedbackStore, service_id: str,
                     entries: list[FeedbackEntry], *, client_iss: str | None,
                     received_at: datetime, card_ids: CardIds | None = None) -> Stored:
-    if recorder is not None and recorder.pending():
-        # Cards shown by this process a moment ago are usually still queued: a short wait lets
-        # them be checked now (suggestions included) rather than when the record comes.
-        recorder.flush(LOCAL_FLUSH_SECONDS)
     try:
         return _store(store, card_ids, service_id, entries, client_iss, received_at)
     except sa.exc.SQLAlchemyError as exc:
