@@ -28,6 +28,8 @@ log = logging.getLogger("cds_service.server")
 # they include authentication and any wait for this worker.
 RECEIVED_AT = "cds.received_at"
 
+REUSES_PER_CONNECTION = 8
+
 _ERROR_BODY = (b'{"resourceType":"OperationOutcome","issue":[{"severity":"error",'
                b'"code":"exception","diagnostics":"internal error"}]}')
 
@@ -43,6 +45,7 @@ class RsgiBridge:
         self.on_worker_start = on_worker_start if on_worker_start is not None else []
         self.on_worker_exit = on_worker_exit if on_worker_exit is not None else []
         self.busy_since: float | None = None  # monotonic start of the call in progress
+        self._uses: dict[str, int] = {}  # answers so far per client connection (ip:port)
         self._base = {
             "wsgi.version": (1, 0), "wsgi.errors": sys.stderr, "wsgi.multithread": False,
             "wsgi.multiprocess": True, "wsgi.run_once": False, "SCRIPT_NAME": "",
@@ -67,7 +70,23 @@ class RsgiBridge:
         body, length = await self._read_body(scope, proto)
         environ = self._environ(scope, body, length)
         status, headers, content = self._call(environ)
+        if self._time_to_close(scope.client):
+            headers.append(("Connection", "close"))
         proto.response_bytes(status, headers, content)
+
+    def _time_to_close(self, client: str) -> bool:
+        """Every REUSES_PER_CONNECTION-th answer on a connection closes it. Each worker accepts
+        connections on its own, even while busy: kept alive for ever, a few connections can all
+        land on one worker and leave the other idle for as long as they live; reconnecting now
+        and then places them afresh."""
+        count = self._uses.get(client, 0) + 1
+        if count >= REUSES_PER_CONNECTION:
+            self._uses.pop(client, None)
+            return True
+        if len(self._uses) >= 10_000:  # connections gone without a last answer: forget them
+            self._uses.clear()
+        self._uses[client] = count
+        return False
 
     # -- the request ------------------------------------------------------------------------
     async def _read_body(self, scope, proto) -> tuple[bytes, str | None]:

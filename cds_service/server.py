@@ -61,11 +61,8 @@ def granian_options(host: str, port: int, workers: int) -> dict:
         "http": HTTPModes.http1,
         "websockets": False,
         # Headers must be in within this; bodies may trickle (they cost no Python time).
-        # A connection per call, as the sync workers did: each worker accepts connections on
-        # its own, so a few kept-alive connections can all land on one worker and leave the
-        # other idle for as long as they live (measured with wrk's 4 connections: half the
-        # throughput in one run of seven).
-        "http1_settings": HTTP1Settings(header_read_timeout=30_000, keep_alive=False,
+        # Kept alive, but closed every few answers (rsgi_bridge.REUSES_PER_CONNECTION).
+        "http1_settings": HTTP1Settings(header_read_timeout=30_000,
                                         max_buffer_size=MAX_HEADER_BUFFER_BYTES),
         "log_dictconfig": log_config(),
         "log_access": False,  # the app logs each hook call itself, without PHI

@@ -122,3 +122,19 @@ def test_the_watchdog_ends_a_worker_stuck_in_one_call():
     assert not watchdog.check() and exits == []
     busy["since"] = 0.0  # monotonic zero: long ago
     assert watchdog.check() and exits == [EXIT_STUCK]
+
+
+def test_every_eighth_answer_on_a_connection_closes_it(app):
+    """Kept-alive connections are placed afresh now and then: a worker accepts even while busy,
+    so for ever-kept connections could pile onto one worker and leave the other idle."""
+    from cds_service.rsgi_bridge import REUSES_PER_CONNECTION
+
+    bridge = RsgiBridge(app, 1000)
+    closes = []
+    for _ in range(3 * REUSES_PER_CONNECTION):
+        _status, headers, _content = call(bridge, Scope("GET", "/health"), Proto([]))
+        closes.append(headers.get("Connection") == "close")
+    assert closes == ([False] * (REUSES_PER_CONNECTION - 1) + [True]) * 3
+    other = Scope("GET", "/health")
+    other.client = "127.0.0.1:5001"  # another connection keeps its own count
+    assert call(bridge, other, Proto([]))[1].get("Connection") is None
