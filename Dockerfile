@@ -77,5 +77,6 @@ EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/health', timeout=2).status != 200)"]
 
-# gunicorn (the master is PID 1) stops gracefully on SIGTERM: graceful_timeout 10 s.
+# `cds-service serve` (granian's main process is PID 1) stops gracefully on SIGTERM: the workers
+# finish the calls in flight within 10 s. Slow clients are read in Rust and hold no worker.
 CMD ["cds-service", "serve", "--config", "/etc/cds-service/service.toml"]

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint fixtures bench bench-floor bench-fhir alert-burden soak clean
+.PHONY: serve test lint fixtures bench bench-floor bench-fhir alert-burden soak faults clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ bench-fhir: $(STAMP)
 
 soak: $(STAMP)
 	$(BIN)/python bench/load.py --soak 300
+
+# Slow clients, kill -9, full disk, locked SQLite, hung PostgreSQL against the real server.
+faults: $(STAMP)
+	$(BIN)/python bench/faults.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

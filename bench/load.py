@@ -3,9 +3,11 @@
     .venv/bin/python bench/load.py                 # make bench: the full comparison (~3-5 min)
     .venv/bin/python bench/load.py --soak 300      # make soak: 5 minutes at a fixed rate
 
-The comparison starts `cds-service serve` (gunicorn sync workers) twice on a free loopback port:
-with 1 worker, where wrk sends one request at a time over 1 connection (one EHR: the per-call
-latency), then with 2 workers, where wrk keeps 4 connections busy (the capacity of the 2 cores).
+The comparison starts `cds-service serve` (granian) twice on a free loopback port: with 1
+worker, where wrk sends one request at a time over 1 connection (one EHR: the per-call latency),
+then with 2 workers, where wrk keeps 4 connections busy (the capacity of the 2 cores); then the
+server it replaced (gunicorn sync workers, bench/gunicorn_sync.py) with 2 workers the same way,
+and prints the two servers' throughput side by side (--no-baseline-server to skip it).
 Each time it measures the baseline GET /cds-services, then patient-view and order-sign with 50,
 250 and 2,000 prefetch resources (bench/requests_builder.py), and prints p50, p99 and req/s
 beside the baseline's, as ratios. Every kind of request is first sent and checked in full from
@@ -16,7 +18,7 @@ during which other processes used more than 10% of the CPU is repeated (--busy-r
 The soak starts the server with 2 workers and sends a fixed mix of all those requests at a fixed
 rate from a separate process (bench/fixed_rate.py) for the given time; it requires zero errors
 and worker memory (VmRSS) that does not grow more than --max-rss-growth percent, and prints the
-RSS of the gunicorn master and workers at start, along the way, and at the end.
+RSS of the server's main process and workers at start, along the way, and at the end.
 
 Loopback only. Exit code 0 when every answer was right (and, for the soak, memory stayed flat);
 1 otherwise; 2 for a bad option or a port in use.
@@ -66,6 +68,7 @@ class Phase:
     title: str
     workers: int
     connections: int  # and as many wrk threads: each times its one request in flight
+    server: str = "granian"
 
 
 @dataclass
@@ -116,7 +119,7 @@ def run_phase(phase: Phase, cases: list[Case], args: argparse.Namespace, folder:
               ) -> list[Row]:
     print(f"\n{phase.title}", flush=True)
     rows = []
-    with ProductionServer(workers=phase.workers, port=args.port) as server, \
+    with ProductionServer(workers=phase.workers, port=args.port, kind=phase.server) as server, \
             requests.Session() as session:
         print(f"  {' '.join(server.command[1:])}: ready after {server.ready_s:.1f} s", flush=True)
         for index, case in enumerate(cases):
@@ -209,11 +212,17 @@ def run_comparison(args: argparse.Namespace) -> int:
                         f"to {args.busy_retries} times when other processes took more than "
                         f"{BUSY_PCT:g}% of the CPU")
     phases = [
-        Phase("1. Per-call latency: 1 gunicorn sync worker; wrk --threads=1 --connections=1 "
-              "(one EHR, one call at a time)", 1, 1),
-        Phase(f"2. Throughput: 2 gunicorn sync workers; wrk --threads={args.connections} "
-              f"--connections={args.connections}", 2, args.connections),
+        Phase("1. Per-call latency: cds-service serve (granian), 1 worker; wrk --threads=1 "
+              "--connections=1 (one EHR, one call at a time)", 1, 1),
+        Phase(f"2. Throughput: cds-service serve (granian), 2 workers; wrk "
+              f"--threads={args.connections} --connections={args.connections}", 2,
+              args.connections),
     ]
+    if args.baseline_server:
+        phases.append(Phase(
+            f"3. Throughput of the server before issue 12: gunicorn, 2 sync workers "
+            f"(bench/gunicorn_sync.py); wrk --threads={args.connections} "
+            f"--connections={args.connections}", 2, args.connections, "gunicorn-sync"))
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-wrk-") as folder:
         for phase in phases:
@@ -222,8 +231,8 @@ def run_comparison(args: argparse.Namespace) -> int:
     print(f"""
 How to read the tables:
 - p50 ms, p99 ms: latency of each request, timed by wrk's Lua script from handing wrk the request
-  to the whole response read (connection set-up excluded: gunicorn's sync workers close the
-  connection after each answer and wrk reconnects), percentiles by {PERCENTILE_METHOD}.
+  to the whole response read (connection set-up excluded: both servers close the connection
+  after each answer and wrk reconnects), percentiles by {PERCENTILE_METHOD}.
 - wrk p99: wrk's own p99 (what --latency prints), which adds synthetic samples for requests slower
   than twice the mean interval (its coordinated-omission correction): a rare stall weighs more.
 - req/s: requests / run time. xbase: the figure divided by the same figure of GET /cds-services
@@ -236,8 +245,8 @@ requests
 taken
   from the workers. other CPU: CPU time of the processes other than the server, wrk and this
   script during the run, in % of all cores; above a few %, the row's figures are pessimistic.
-- recycled: workers replaced by gunicorn during the run (max_requests, after 10,000-11,000
-  requests each; the fast baseline gets there within a run).
+- recycled: workers replaced during the run (gunicorn: max_requests, after 10,000-11,000
+  requests each; granian: only a crashed, stuck or oversized worker).
 - runs: a kind of request is run again (--busy-retries, {args.busy_retries}) when other \
 processes took
   more than {BUSY_PCT:g}% of the CPU during its run; the run with the least is shown, errors of
@@ -246,6 +255,8 @@ processes took
         print(f"\n{phase.title}\n")
         print_table(rows)
     print_targets(results[0], results[1])
+    if args.baseline_server:
+        print_side_by_side(results[1], results[2])
     failed = [row for rows in results for row in rows if row.errors]
     if failed:
         print("\nFAILED:", file=sys.stderr)
@@ -260,10 +271,23 @@ processes took
     return 0
 
 
+def print_side_by_side(now: list[Row], before: list[Row]) -> None:
+    print("\nThroughput side by side, same run, 2 workers (granian = cds-service serve now; "
+          "gunicorn sync = before issue 12):\n")
+    header = (f"{'request':<26} {'granian req/s':>13} {'gunicorn req/s':>14} {'ratio':>6} "
+              f"{'granian p99':>11} {'gunicorn p99':>12}")
+    print(header)
+    print("-" * len(header))
+    for row, base in zip(now, before, strict=True):
+        a, b = row.result, base.result
+        print(f"{row.case.name:<26} {a.req_per_s:>13.1f} {b.req_per_s:>14.1f} "
+              f"{a.req_per_s / b.req_per_s:>5.2f}x {a.p99_ms:>9.2f}ms {b.p99_ms:>10.2f}ms")
+
+
 def print_header(cases: list[Case], load_line: str) -> None:
     print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; code {code_version()}; Python "
           f"{platform.python_version()}; {os.cpu_count()} CPUs; loopback 127.0.0.1; "
-          f"gunicorn sync workers, development mode")
+          f"development mode")
     print(load_line)
     print("\nRequests (reference patient + Synthea Conditions, Procedures, MedicationRequests "
           "re-pointed to her; order-sign drafts calcium acetate):")
@@ -303,7 +327,7 @@ def run_soak(args: argparse.Namespace) -> int:
     cases = [baseline_case(), *hook_cases(args.sizes)]
     mix = soak_mix(cases)
     print_header(cases, f"soak: {seconds} s at a fixed {args.rate:g} req/s (open loop, "
-                        f"bench/fixed_rate.py in its own process), 2 gunicorn sync workers")
+                        f"bench/fixed_rate.py in its own process), 2 granian workers")
     round_text = ", ".join(f"{mix.count(i)} x {case.name.removeprefix('POST ')}"
                            for i, case in enumerate(cases))
     print(f"one round of {len(mix)} requests: {round_text}")
@@ -317,7 +341,7 @@ def run_soak(args: argparse.Namespace) -> int:
                 problems.append(f"before the soak, {case.name}: {errors} errors; first: {first}")
         if problems:
             raise RuntimeError("; ".join(problems) + f"\nserver log ends:\n{server.log_tail()}")
-        print("\nRSS (VmRSS, MiB) of the gunicorn master and workers:")
+        print("\nRSS (VmRSS, MiB) of the main process and workers:")
         first_rss = server.rss_kb()
         print(rss_line("before the soak", first_rss, master), flush=True)
 
@@ -383,7 +407,7 @@ def memory_problems(start: dict[int, int], end: dict[int, int], master: int,
     end_workers = {p: kb for p, kb in end.items() if p != master}
     problems = []
     if set(start_workers) != set(end_workers):
-        print(f"  workers were replaced during the soak (gunicorn max_requests recycling?): "
+        print(f"  workers were replaced during the soak (over workers_max_rss?): "
               f"{sorted(start_workers)} -> {sorted(end_workers)}; comparing their totals")
     total_start, total_end = sum(start_workers.values()), sum(end_workers.values())
     growth = 100 * (total_end - total_start) / total_start if total_start else 0.0
@@ -438,6 +462,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="soak: requests per second (default %(default)s)")
     parser.add_argument("--max-rss-growth", type=float, default=20.0, metavar="PERCENT",
                         help="soak: allowed growth of the workers' RSS (default %(default)s)")
+    parser.add_argument("--no-baseline-server", dest="baseline_server", action="store_false",
+                        help="skip the throughput run of the server before issue 12 (gunicorn "
+                             "sync workers)")
     parser.add_argument("--port", type=int, default=None,
                         help="loopback port for the server (default: a free one)")
     args = parser.parse_args(argv)

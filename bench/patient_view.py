@@ -1,9 +1,9 @@
 """Latency of the patient-view service as the prefetch grows, against the production server.
 
-Starts `cds-service serve --workers 1` (gunicorn, one sync worker) on a free loopback port, then
+Starts `cds-service serve --workers 1` (granian, one worker) on a free loopback port, then
 sends patient-view requests whose prefetch holds about 50, 250 and 2,000 resources, one at a
 time from one `requests.Session`. The baseline is GET /cds-services on the same server, measured
-the same way, so the ratio shows what the hook itself costs over HTTP + gunicorn + Flask.
+the same way, so the ratio shows what the hook itself costs over HTTP + granian + Flask.
 
 The requests are the reference patient's (fixtures/requests/reference-patient-view.json: in
 scope, one warning card) padded with Conditions, Procedures and MedicationRequests of the real
@@ -45,7 +45,7 @@ from requests_builder import (
 LARGE_SIZE = 1000  # sizes at or above this get the smaller default request count
 DEFAULT_REQUESTS, DEFAULT_REQUESTS_LARGE = 300, 100
 WARMUP = 20
-REQUEST_TIMEOUT_S = 10.0  # the largest request takes ~0.1 s; gunicorn's own timeout is 30 s
+REQUEST_TIMEOUT_S = 10.0  # the largest request takes ~0.1 s; a worker's own timeout is 30 s
 MAX_TRANSPORT_ERRORS = 5  # in a row (refused, reset, timed out): the server is gone, give up
 PERCENTILE_METHOD = "statistics.quantiles(n=100, method='inclusive')"
 
@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
     finished, baseline, rows = False, None, []
     with ProductionServer(workers=1, port=args.port) as server:
         base = server.base_url
-        print(f"\n{' '.join(server.command[1:])} (gunicorn, 1 sync worker)")
+        print(f"\n{' '.join(server.command[1:])} (granian, 1 worker)")
         try:
             with requests.Session() as session:
                 print(f"server answered GET /cds-services after {server.ready_s:.1f} s")

@@ -1,6 +1,8 @@
-"""The production server under test: `cds-service serve` (gunicorn sync workers) on loopback.
+"""The production server under test: `cds-service serve` (granian) on loopback, or for
+side-by-side figures the server it replaced (gunicorn sync workers, bench/gunicorn_sync.py).
 
     with ProductionServer(workers=2) as server:   # started, and answering GET /cds-services
+    with ProductionServer(workers=2, kind="gunicorn-sync") as server:
         server.base_url, server.master_pid, server.worker_pids(), server.rss_kb()
 
 It runs in its own session (a Ctrl-C in the terminal reaches only the benchmark, which stops the
@@ -9,7 +11,7 @@ server in order), development mode (no config: loopback only), with its log in a
 removed afterwards: development mode keeps its `instance/` folder (the SQLite record of every
 card shown, the JWT replay cache) relative to it, so each run starts from an empty store and
 leaves the work tree's `instance/` alone; the Prometheus multiprocess files go there too.
-Stopping is SIGTERM to the gunicorn master (a graceful stop of its workers), then SIGKILL after
+Stopping is SIGTERM to the main process (a graceful stop of its workers), then SIGKILL after
 15 s.
 """
 
@@ -27,6 +29,8 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 CDS_SERVICE = ROOT / ".venv" / "bin" / "cds-service"
+PYTHON = ROOT / ".venv" / "bin" / "python"
+SERVERS = ("granian", "gunicorn-sync")  # what `serve` runs now; what it ran before issue 12
 HOST = "127.0.0.1"
 STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
@@ -77,15 +81,25 @@ def child_pids(parent: int) -> list[int]:
 
 # -- the server ---------------------------------------------------------------------------------
 class ProductionServer:
-    def __init__(self, workers: int, port: int | None = None,
+    def __init__(self, workers: int, port: int | None = None, kind: str = "granian",
+                 config: Path | None = None, env: dict[str, str] | None = None,
                  command: Path | None = None) -> None:
         self.workers = workers
+        self.kind = kind
         self.port = port or free_port()
         self.base_url = f"http://{HOST}:{self.port}"
-        self.command = [
-            str(command or CDS_SERVICE), "serve", "--host", HOST, "--port", str(self.port),
-            "--workers", str(workers),
-        ]
+        self.extra_env = env or {}
+        if kind == "granian":
+            # `command`: another checkout's cds-service, to measure before and after.
+            self.command = [str(command or CDS_SERVICE), "serve", "--host", HOST, "--port",
+                            str(self.port), "--workers", str(workers)]
+            if config is not None:
+                self.command += ["--config", str(config)]
+        elif kind == "gunicorn-sync":
+            self.command = [str(PYTHON), str(ROOT / "bench" / "gunicorn_sync.py"), "--host", HOST,
+                            "--port", str(self.port), "--workers", str(workers)]
+        else:
+            raise ValueError(f"unknown server {kind}; one of {', '.join(SERVERS)}")
         self.process: subprocess.Popen | None = None
         self.ready_s: float | None = None
         self._log = None
@@ -98,7 +112,7 @@ class ProductionServer:
         self._work_dir = tempfile.TemporaryDirectory(prefix="bench-cds-serve-")
         metrics_dir = Path(self._work_dir.name) / "metrics"
         metrics_dir.mkdir()
-        env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
+        env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir), **self.extra_env)
         try:
             self.process = subprocess.Popen(
                 self.command, cwd=self._work_dir.name, env=env, stdin=subprocess.DEVNULL,
@@ -121,6 +135,12 @@ class ProductionServer:
                 self._work_dir.cleanup()
 
     @property
+    def work_dir(self) -> Path:
+        """The server's working directory (its instance/ folder is there)."""
+        assert self._work_dir is not None
+        return Path(self._work_dir.name)
+
+    @property
     def master_pid(self) -> int:
         assert self.process is not None
         return self.process.pid
@@ -136,20 +156,20 @@ class ProductionServer:
                         f" its log ends:\n{self.log_tail()}"
                     )
                 try:
-                    answer = session.get(f"{self.base_url}/cds-services", timeout=2)
+                    answer = session.get(f"{self.base_url}/health", timeout=2)
                     if answer.status_code == 200 and len(self.worker_pids()) == self.workers:
                         return time.perf_counter() - started
                 except requests.ConnectionError:
                     pass
                 time.sleep(0.1)
         raise RuntimeError(
-            f"the server did not answer GET /cds-services in {STARTUP_TIMEOUT_S:.0f} s"
+            f"the server did not answer GET /health in {STARTUP_TIMEOUT_S:.0f} s"
         )
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
-        self.process.terminate()  # SIGTERM to the gunicorn master: graceful stop of its workers
+        self.process.terminate()  # SIGTERM to the main process: graceful stop of its workers
         try:
             self.process.wait(timeout=STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:

@@ -12,22 +12,17 @@ from flask import Flask, Response, g, request
 from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
 
-from . import observability
+from . import header_limits, observability
 from .cards import CardTemplates, CardWriter
 from .config import Settings
-from .errors import (
-    BadRequest,
-    PayloadTooLarge,
-    ServiceError,
-    UnknownService,
-    UnsupportedMediaType,
-)
+from .errors import ServiceError, UnknownService
 from .feedback import init_feedback
 from .fhir_client import FetchStats, FhirFetcher
 from .hooks import HookEngine
 from .knowledge import load_knowledge
 from .openapi import blueprint as openapi_blueprint
 from .privacy import pseudonym
+from .request_body import decode_json_body
 from .security import client_authentication
 from .services import SERVICES, prefetch_templates
 from .warmup import warm_up
@@ -43,27 +38,6 @@ def operation_outcome(status: int, code: str, message: str) -> Response:
     """Error bodies are FHIR OperationOutcomes, as CDS Hooks 3.0 recommends."""
     return _json({"resourceType": "OperationOutcome",
                   "issue": [{"severity": "error", "code": code, "diagnostics": message}]}, status)
-
-
-def _decode_json_body() -> object:
-    mimetype = request.mimetype or ""
-    if mimetype != "application/json" and not mimetype.endswith("+json"):
-        raise UnsupportedMediaType("send the request as application/json")
-    raw = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
-    limit = request.max_content_length
-    if limit is not None and request.content_length is None and len(raw) >= limit:
-        # A chunked body is cut at the limit rather than refused: refuse it ourselves.
-        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
-    if not raw:
-        raise BadRequest("request body is empty")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from None
-    # Nesting: orjson refuses more than 1024 levels (400 above); each FHIR resource the service
-    # reads is held to MAX_JSON_DEPTH before validation (fhir_read.validate). Walking the whole
-    # body instead cost ~3 ms of a 5 ms budget at 250 resources.
-    return body
 
 
 def create_app(settings: Settings | None = None, *,
@@ -82,6 +56,8 @@ def create_app(settings: Settings | None = None, *,
     discovery_document = {"services": [s.discovery(templates) for s in SERVICES.values()]}
     # Callables given each HookResult after a successful call (e.g. the record of shown cards).
     app.extensions["cards_issued_listeners"] = []
+    # Run when a server worker process ends (rsgi_bridge): e.g. write the queued card records.
+    app.extensions["worker_exit_callbacks"] = []
     CORS(app, origins=list(settings.cors_origins), methods=["GET", "POST", "OPTIONS"],
          allow_headers=["Authorization", "Content-Type"], max_age=600)
     # Health, readiness, metrics: registered first so hook timing starts before authentication.
@@ -89,11 +65,13 @@ def create_app(settings: Settings | None = None, *,
         "knowledge": lambda: bool(engine.knowledge.factors),
         "card_templates": lambda: writer.pv_detail is not None,
     })
+    # Oversized headers: the service's 431, before authentication reads them.
+    header_limits.init_app(app)
     # Client JWT on every /cds-services call (not in development mode); sets g.client_iss.
     app.before_request(client_authentication(settings))
     app.register_blueprint(openapi_blueprint)
     # Feedback (CDS Hooks F1) and the record of every card shown, for acceptance analytics.
-    init_feedback(app, settings, clock)
+    feedback = init_feedback(app, settings, clock)
 
     @app.get("/cds-services")
     def discovery():
@@ -101,11 +79,12 @@ def create_app(settings: Settings | None = None, *,
 
     @app.post("/cds-services/<service_id>")
     def call_service(service_id: str):
-        started = time.perf_counter()
+        # Since the whole request was in (observability): authentication and queueing included.
+        started = g.get("started") or time.perf_counter()
         service = SERVICES.get(service_id)
         if service is None:
             raise UnknownService(f"no CDS service '{service_id}'; see GET /cds-services")
-        body = _decode_json_body()
+        body = decode_json_body()
         patient_tag = "-"
         if isinstance(body, dict) and isinstance(body.get("context"), dict):
             patient_tag = pseudonym(str(body["context"].get("patientId")), settings.log_hash_key)
@@ -123,6 +102,9 @@ def create_app(settings: Settings | None = None, *,
             log.exception("hook %s patient=%s failed; answering with no cards", service_id,
                           patient_tag)
             return _json({"cards": []})
+        # Card uuids this service can later recognise in feedback, with or without the record.
+        for issued in result.issued:
+            issued.card["uuid"] = feedback.card_ids.mint(service.id)
         g.cards_returned = response["cards"]
         g.fhir_requests, g.fhir_seconds = stats.requests, stats.fetch_seconds
         for listener in app.extensions["cards_issued_listeners"]:

@@ -27,18 +27,14 @@ def main() -> None:
 @click.option("--workers", type=int, help="Gunicorn worker processes (default 2).")
 def serve(host: str | None, port: int | None, config_path: str | None,
           workers: int | None) -> None:
-    """Run the service under gunicorn (sync workers: best for this CPU-bound work)."""
-    import gc
+    """Run the service: granian's Rust front end, one call at a time per worker process."""
     import os
     import tempfile
 
     # Metrics of all workers are aggregated through files: set before prometheus is imported.
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="cds-metrics-"))
-    from gunicorn.app.base import BaseApplication
-
-    from . import gunicorn_conf
-    from .app import create_app
     from .observability import json_logging
+    from .server import serve as run_server
 
     try:
         settings = load_settings(config_path)
@@ -51,20 +47,11 @@ def serve(host: str | None, port: int | None, config_path: str | None,
         logging.getLogger("cds_service").warning(
             "DEVELOPMENT MODE: no configuration file; listening on loopback only, "
             "client authentication off")
-    bind = f"{host or settings.host}:{port or settings.port}"
-
-    class Server(BaseApplication):
-        def load_config(self):
-            for key, value in gunicorn_conf.settings(bind, workers or settings.workers).items():
-                self.cfg.set(key, value)
-
-        def load(self):
-            app = create_app(settings)
-            gc.collect()
-            gc.freeze()  # the warmed models are permanent: keep full collections short
-            return app
-
-    Server().run()
+    try:
+        run_server(settings, host or settings.host, port or settings.port,
+                   workers or settings.workers)
+    except ConfigError as exc:  # e.g. production mode without public_base_url
+        raise click.ClickException(str(exc)) from exc
 
 
 # The project's fixtures say the "now" they were written for, so that evaluating one gives the

@@ -61,8 +61,15 @@ class Settings:
     jwks_refetch_cooldown_seconds: float = 60.0
     # Where shown cards and feedback are stored; None: SQLite file instance_dir/cds.sqlite3.
     database_url: str | None = field(default=None, repr=False)  # may hold a password
-    # Key of the patient pseudonyms in that store; None: one generated and kept in instance_dir.
+    # Key of the patient pseudonyms in that store (CDS_RECORD_HASH_KEY, or read from
+    # CDS_RECORD_HASH_KEY_FILE or `record_hash_key_file`); None: one generated and kept in
+    # instance_dir, beside the database, where a copy of both allows re-identification.
     record_hash_key: bytes | None = field(default=None, repr=False)
+    # The longest a hook call waits for the shared JWT replay store before checking without it.
+    replay_store_timeout_seconds: float = 0.05
+    # The longest a feedback call waits for its store before answering 503 (Retry-After): it
+    # runs on a worker that also serves cards.
+    feedback_store_timeout_seconds: float = 0.05
 
     def fhir_server_allowed(self, url: str, iss: str | None) -> bool:
         """Only configured FHIR servers are contacted; in development, loopback ones only."""
@@ -82,6 +89,8 @@ def load_settings(path: str | Path | None = None) -> Settings:
         extra["database_url"] = os.environ["CDS_DATABASE_URL"]
     if os.environ.get("CDS_RECORD_HASH_KEY"):
         extra["record_hash_key"] = os.environ["CDS_RECORD_HASH_KEY"].encode()
+    elif os.environ.get("CDS_RECORD_HASH_KEY_FILE"):
+        extra["record_hash_key"] = read_key_file(Path(os.environ["CDS_RECORD_HASH_KEY_FILE"]))
     if path is None:
         return Settings(**extra)
     path = Path(path)
@@ -94,6 +103,8 @@ def load_settings(path: str | Path | None = None) -> Settings:
     if not isinstance(spec.get("database_url", ""), str):
         raise ConfigError("database_url must be a string like postgresql://user@host/db")
     extra.setdefault("database_url", spec.get("database_url") or None)
+    if spec.get("record_hash_key_file") and "record_hash_key" not in extra:
+        extra["record_hash_key"] = read_key_file(path.parent / spec["record_hash_key_file"])
 
     def relative(value):
         return (base / value).resolve() if value else None
@@ -129,15 +140,49 @@ def load_settings(path: str | Path | None = None) -> Settings:
             development=False,
             source=path,
             clients=tuple(clients),
-            public_base_url=spec.get("public_base_url"),
+            public_base_url=_public_base_url(spec.get("public_base_url")),
             fhir_deadline_seconds=float(spec.get("fhir_deadline_seconds", 1.5)),
             jwt_leeway_seconds=float(spec.get("jwt_leeway_seconds", 30.0)),
             instance_dir=relative(spec.get("instance_dir")) or Settings.instance_dir,
             jwks_refetch_cooldown_seconds=float(spec.get("jwks_refetch_cooldown_seconds", 60.0)),
+            replay_store_timeout_seconds=float(spec.get("replay_store_timeout_seconds", 0.05)),
+            feedback_store_timeout_seconds=float(spec.get("feedback_store_timeout_seconds",
+                                                          0.05)),
             **extra,
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid value in {path}: {exc}") from exc
+
+
+MIN_KEY_BYTES = 16
+
+
+def read_key_file(path: Path) -> bytes:
+    """A secret key kept in a file of its own (e.g. a mounted Secret), outside instance_dir."""
+    try:
+        key = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the key file {path}: {exc.strerror}") from exc
+    if len(key) < MIN_KEY_BYTES:
+        raise ConfigError(f"the key file {path} holds fewer than {MIN_KEY_BYTES} bytes")
+    return key
+
+
+def _public_base_url(value: object) -> str | None:
+    """The base URL clients call (their JWTs' aud): http(s), a host, nothing else to confuse."""
+    if value is None:
+        return None
+    try:
+        parts = urlsplit(value) if isinstance(value, str) else None
+        valid = (parts is not None and parts.scheme in ("https", "http") and parts.hostname
+                 and parts.port is not False and not parts.username and not parts.password
+                 and not parts.query and not parts.fragment and "@" not in parts.netloc)
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ConfigError("public_base_url must be an http(s) URL with a host and no user, "
+                          "query or fragment, e.g. https://cds.hospital.example/")
+    return value
 
 
 def _check_client(index: int, entry: dict, earlier: list[TrustedClient]) -> None:

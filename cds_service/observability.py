@@ -1,6 +1,6 @@
 """Health, readiness and Prometheus metrics; JSON logs. Nothing here carries patient data.
 
-Under gunicorn each worker is a process: with PROMETHEUS_MULTIPROC_DIR set (the gunicorn config
+Under `cds-service serve` each worker is a process: with PROMETHEUS_MULTIPROC_DIR set (serve
 sets it), metrics are written to files there and /metrics aggregates all workers.
 """
 
@@ -21,6 +21,7 @@ from prometheus_client import (
 )
 from pythonjsonlogger.json import JsonFormatter
 
+from .rsgi_bridge import RECEIVED_AT
 from .services import SERVICES
 
 # Latency buckets around the targets: a few ms per call, EHR patience ~0.5-2 s.
@@ -79,7 +80,8 @@ def init_app(app: Flask, ready_checks: dict) -> None:
 
     @app.before_request
     def start_timer():
-        g.started = time.perf_counter()
+        # From when the server had the whole request (rsgi_bridge), else from now (tests).
+        g.started = request.environ.get(RECEIVED_AT) or time.perf_counter()
 
     @app.after_request
     def count_hook(response):
@@ -93,11 +95,16 @@ def init_app(app: Flask, ready_checks: dict) -> None:
         return response
 
 
+def json_formatter() -> JsonFormatter:
+    """The one log line shape, for the service's loggers and the server's (server.log_config)."""
+    return JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s",
+                         rename_fields={"levelname": "level", "asctime": "time"})
+
+
 def json_logging(level: int = logging.INFO) -> None:
     """One JSON object per log line, for log shippers; messages never hold PHI or tokens."""
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s",
-                                       rename_fields={"levelname": "level", "asctime": "time"}))
+    handler.setFormatter(json_formatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -127,7 +127,11 @@ def _request_schema(service: Service) -> dict:
 def _errors(*statuses: int) -> dict:
     meaning = {400: "Not a valid CDS Hooks request", 401: "Missing or invalid client JWT",
                404: "Unknown service", 412: "Required data could not be obtained",
-               413: "Request body too large", 415: "Body is not JSON"}
+               413: "Request body too large",
+               415: "Body is not JSON (application/json or application/fhir+json, UTF-8)",
+               431: "Request headers too large",
+               503: "The feedback store is unavailable: send the same report again later "
+                    "(Retry-After)"}
     return {str(s): {"description": meaning[s],
                      "content": {"application/json": {"schema": _OUTCOME_REF}}}
             for s in statuses}
@@ -144,7 +148,48 @@ def _service_call(service: Service) -> dict:
             "200": {"description": "Cards (an empty list when there is nothing to say)",
                     "content": {"application/json": {
                         "schema": {"$ref": "#/components/schemas/CardsResponse"}}}},
-            **_errors(400, 401, 412, 413, 415),
+            **_errors(400, 401, 412, 413, 415, 431),
+        },
+    }}
+
+
+_INSTANT = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$"
+_FEEDBACK_ENTRY = {
+    "type": "object", "required": ["card", "outcome", "outcomeTimestamp"],
+    "properties": {
+        "card": {**_TEXT, "maxLength": 73, "description": "The card's uuid (or urn:uuid:)"},
+        "outcome": {"type": "string", "enum": ["accepted", "overridden"]},
+        "outcomeTimestamp": {"type": "string", "pattern": _INSTANT},
+        "acceptedSuggestions": {"type": "array", "items": {
+            "type": "object", "required": ["id"],
+            "properties": {"id": {**_TEXT, "maxLength": 73}}}},
+        "overrideReason": {"type": "object", "properties": {
+            "reason": {"type": "object", "required": ["system", "code"], "properties": {
+                "system": {**_TEXT, "maxLength": 500}, "code": {**_TEXT, "maxLength": 200},
+                "display": {**_TEXT, "maxLength": 500}}},
+            "userComment": {**_TEXT, "maxLength": 4000}}},
+    },
+}
+
+
+def _feedback(service: Service) -> dict:
+    return {"post": {
+        "operationId": f"{service.id}-feedback",
+        "summary": f"Outcomes of the cards of {service.id} (CDS Hooks feedback)",
+        "description": "accepted needs acceptedSuggestions; overrideReason only with "
+                       "overridden. A card whose record has not reached the store yet is "
+                       "accepted when its uuid shows this service issued it.",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "required": ["feedback"],
+            "properties": {"feedback": {"type": "array", "minItems": 1, "maxItems": 1000,
+                                        "items": _FEEDBACK_ENTRY}}}}}},
+        "responses": {
+            "200": {"description": "Stored (a report sent before is counted as a duplicate)",
+                    "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["stored", "duplicates"],
+                        "properties": {"stored": {"type": "integer", "minimum": 0},
+                                       "duplicates": {"type": "integer", "minimum": 0}}}}}},
+            **_errors(400, 401, 413, 415, 431, 503),
         },
     }}
 
@@ -154,10 +199,11 @@ def openapi_document() -> dict:
         "operationId": "discovery",
         "summary": "CDS Hooks discovery: the services offered",
         "responses": {"200": {"description": "Services", "content": {"application/json": {
-            "schema": {"$ref": "#/components/schemas/Discovery"}}}}, **_errors(401)},
+            "schema": {"$ref": "#/components/schemas/Discovery"}}}}, **_errors(401, 431)},
     }}}
     for service in SERVICES.values():
         paths[f"/cds-services/{service.id}"] = _service_call(service)
+        paths[f"/cds-services/{service.id}/feedback"] = _feedback(service)
     return {
         "openapi": "3.0.3",
         "info": {"title": "Calciphylaxis risk CDS Hooks service", "version": "1.0",

@@ -21,11 +21,13 @@ import jwt
 from flask import g, request
 from jwt.exceptions import InvalidSignatureError, PyJWTError
 
-from .config import Settings, TrustedClient
+from .config import ConfigError, Settings, TrustedClient
 from .errors import AuthenticationRequired
 from .jwks import KeyNotFound, KeySets
 from .observability import AUTH_FAILURES
 from .replay import ReplayCache
+from .resilient_replay import ResilientReplayCache
+from .store_guard import StoreGuard
 
 log = logging.getLogger("cds_service.security")
 
@@ -61,10 +63,20 @@ def _normalise_url(url: str) -> str | None:
     return f"{scheme}://{netloc}{parts.path}" + (f"?{parts.query}" if parts.query else "")
 
 
+def _plain_url(url: str) -> bool:
+    """No #fragment and no user@ before the host: such an aud names no URL of ours."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return not parts.fragment and "#" not in url and "@" not in parts.netloc
+
+
 def _audience_matches(aud: Any, expected: str) -> bool:
     claimed = [aud] if isinstance(aud, str) else aud
     if not isinstance(claimed, list) or not all(isinstance(a, str) for a in claimed):
         return False
+    claimed = [a for a in claimed if _plain_url(a)]
     target = _normalise_url(expected)
     return target is not None and any(_normalise_url(a) == target for a in claimed)
 
@@ -97,7 +109,7 @@ class ClientVerifier:
     """Checks `Authorization: Bearer <JWT>` headers against the trusted clients."""
 
     def __init__(self, settings: Settings, *, keys: KeySets | None = None,
-                 replay: ReplayCache | None = None,
+                 replay: ResilientReplayCache | ReplayCache | None = None,
                  clock: Callable[[], float] = time.time):
         self.clients: dict[str, TrustedClient] = {c.iss: c for c in settings.clients}
         self.leeway = settings.jwt_leeway_seconds
@@ -189,24 +201,36 @@ class ClientVerifier:
             raise Rejected("not yet valid")
 
 
-def replay_cache(settings: Settings):
-    """The host's SQLite cache, or, with a database configured, the cache all hosts share."""
-    local = ReplayCache(Path(settings.instance_dir) / REPLAY_DB_NAME)
-    if not settings.database_url:
-        return local
-    from .feedback.store import FeedbackStore
-    from .shared_replay import SharedReplayCache
+def replay_cache(settings: Settings) -> ResilientReplayCache:
+    """The shared database's cache (with a database configured), then the host's SQLite file,
+    then this worker's memory: each store behind a deadline and a circuit breaker."""
+    stores = []
+    if settings.database_url:
+        from sqlalchemy.exc import SQLAlchemyError
 
-    store = FeedbackStore(settings.database_url)
-    store.dispose()  # built before gunicorn forks: let no pooled connection be inherited
-    return SharedReplayCache(store, fallback=local)
+        from .feedback.store import FeedbackStore, StoreUnavailable
+        from .shared_replay import SharedReplayCache
+
+        store = FeedbackStore(settings.database_url)
+        try:  # migrate here, once, not on a worker's first call (slower than its deadline)
+            store.ensure_ready()
+        except (StoreUnavailable, SQLAlchemyError):
+            pass  # retried on first use, behind the guard
+        store.dispose()  # built before the server forks: let no pooled connection be inherited
+        stores.append((SharedReplayCache(store), StoreGuard(
+            "replay-shared", deadline_seconds=settings.replay_store_timeout_seconds,
+            fallback="checking replays in this host's file")))
+    # Inline: SQLite waits at most its busy timeout (replay.BUSY_TIMEOUT_SECONDS).
+    stores.append((ReplayCache(Path(settings.instance_dir) / REPLAY_DB_NAME), StoreGuard(
+        "replay-local", deadline_seconds=None, fallback="checking replays in memory")))
+    return ResilientReplayCache(stores)
 
 
 def expected_audience(settings: Settings) -> str:
-    """The URL the client must have put in `aud`: the one called, or its public form."""
-    if settings.public_base_url:
-        return settings.public_base_url.rstrip("/") + request.path
-    return request.base_url
+    """The URL the client must have put in `aud`: the configured public base and the path
+    called. Never the Host or X-Forwarded-* headers: the caller controls those."""
+    assert settings.public_base_url, "ClientAuthentication refuses to start without it"
+    return settings.public_base_url.rstrip("/") + request.path
 
 
 def is_protected(method: str, path: str) -> bool:
@@ -222,10 +246,11 @@ class ClientAuthentication:
     def __init__(self, settings: Settings, verifier: ClientVerifier | None = None):
         self.settings = settings
         # Development mode (no configuration file) accepts unsigned calls on loopback.
+        if not settings.development and not settings.public_base_url:
+            # aud would otherwise be checked against the Host header, which the caller writes.
+            raise ConfigError("public_base_url is required with [[clients]]: the URL the EHRs "
+                              "call, which their JWTs must name in aud")
         self.verifier = verifier or (None if settings.development else ClientVerifier(settings))
-        if self.verifier is not None and not settings.public_base_url:
-            log.warning("public_base_url is not set: the aud of client JWTs is checked against "
-                        "the Host header of each request; set it to the URL clients use")
 
     def __call__(self) -> None:
         g.client_iss = None

@@ -3,34 +3,24 @@
 Same contract as replay.ReplayCache (each (iss, jti) accepted once until it expires), but the
 table lives in the configured database (`database_url`, PostgreSQL for several hosts), so a token
 used on one host is refused on every other. The primary key lets the database decide which of
-two simultaneous uses came first. If the database cannot be reached, the host's own SQLite cache
-answers instead: replays are then caught within the host only, and the log says so.
+two simultaneous uses came first. Errors are raised: resilient_replay.py then asks the host's
+own SQLite cache (replays caught within the host only), behind a deadline and a breaker.
 """
 
 from __future__ import annotations
-
-import logging
-import time
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .feedback.schema import seen_jti
-from .feedback.store import FeedbackStore, StoreUnavailable, is_store_down
-from .replay import ReplayCache
-
-log = logging.getLogger("cds_service.security")
-_LOG_EVERY_SECONDS = 60.0
+from .feedback.store import FeedbackStore
 
 
 class SharedReplayCache:
-    def __init__(self, store: FeedbackStore, fallback: ReplayCache, *,
-                 prune_every_seconds: float = 60.0):
+    def __init__(self, store: FeedbackStore, *, prune_every_seconds: float = 60.0):
         self.store = store
-        self.fallback = fallback
         self._prune_every = prune_every_seconds
         self._pruned_at = float("-inf")
-        self._logged_down_at = float("-inf")
         dialect = postgresql if store.dialect == "postgresql" else sqlite
         self._insert = dialect.insert
 
@@ -42,25 +32,15 @@ class SharedReplayCache:
             set_={"expires_at": statement.excluded.expires_at},
             where=seen_jti.c.expires_at < now,  # an expired record may be reused
         ).returning(seen_jti.c.jti)  # a row comes back only when this use was recorded
-        try:
-            self.store.ensure_ready()
-            with self.store.write() as connection:
-                if now - self._pruned_at >= self._prune_every:
-                    connection.execute(sa.delete(seen_jti).where(seen_jti.c.expires_at < now))
-                    self._pruned_at = now
-                return connection.execute(statement).first() is not None
-        except (StoreUnavailable, sa.exc.SQLAlchemyError) as exc:
-            if not isinstance(exc, StoreUnavailable) and not is_store_down(exc):
-                raise
-            if time.monotonic() - self._logged_down_at >= _LOG_EVERY_SECONDS:
-                self._logged_down_at = time.monotonic()
-                log.warning("shared JWT replay cache unreachable (%s): checking replays on "
-                            "this host only", type(exc).__name__)
-            return self.fallback.first_use(iss, jti, expires_at, now)
+        self.store.ensure_ready()
+        with self.store.write() as connection:
+            if now - self._pruned_at >= self._prune_every:
+                connection.execute(sa.delete(seen_jti).where(seen_jti.c.expires_at < now))
+                self._pruned_at = now
+            return connection.execute(statement).first() is not None
 
     def count(self) -> int:
         return self.store.count(seen_jti)
 
     def close(self) -> None:
         self.store.dispose()
-        self.fallback.close()

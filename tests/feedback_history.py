@@ -106,7 +106,7 @@ def generate_history(store: FeedbackStore, *, seed: int = 7, cards: int = 240,
     store.record_shown(shown)
     for service_id, service_entries in entries.items():
         for first in range(0, len(service_entries), 25):
-            submit_feedback(store, None, service_id, service_entries[first:first + 25],
+            submit_feedback(store, service_id, service_entries[first:first + 25],
                             client_iss=None, received_at=datetime.now(UTC))
     return expected
 

@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
-from cds_service import gunicorn_conf
+from cds_service import server
 from cds_service.app import create_app
 from cds_service.config import Settings, load_settings
 
@@ -407,7 +407,7 @@ def test_resources_and_workers():
 
     assert cpu(resources["limits"]["cpu"]) >= cpu(resources["requests"]["cpu"])
     assert memory(resources["limits"]["memory"]) >= memory(resources["requests"]["memory"])
-    # One sync worker per CPU of the limit: more would only contend.
+    # One worker (one call at a time) per CPU of the limit: more would only contend.
     assert configmap_settings().workers == cpu(resources["limits"]["cpu"])
 
 
@@ -440,7 +440,7 @@ def test_writable_paths_are_volumes():
 
 def test_graceful_shutdown_fits_in_the_grace_period():
     pod = deployment()["spec"]["template"]["spec"]
-    graceful = gunicorn_conf.settings("0.0.0.0:8080", 2)["graceful_timeout"]
+    graceful = server.granian_options("0.0.0.0", 8080, 2)["workers_kill_timeout"]
     pre_stop = container()["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
     assert pod["terminationGracePeriodSeconds"] > graceful + int(pre_stop[1])

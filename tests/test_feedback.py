@@ -33,8 +33,10 @@ def feedback_app(request, tmp_path_factory):
         url = None
         if request.param == "postgresql":
             url = stack.enter_context(request.getfixturevalue("postgres").database())
+        # Validation is tested here, not deadlines: no 503 from a slow test machine.
         app = create_app(Settings(instance_dir=tmp_path_factory.mktemp("instance"),
-                                  database_url=url), clock=lambda: ANCHOR)
+                                  database_url=url, feedback_store_timeout_seconds=5.0),
+                         clock=lambda: ANCHOR)
         yield app
         app.extensions["feedback"].recorder.close()
         app.extensions["feedback"].store.dispose()
@@ -50,13 +52,17 @@ def store(feedback_app):
     return feedback_app.extensions["feedback"].store
 
 
-def show_card(client, name: str = "reference-order-sign") -> dict:
-    """Call the hook for real and return the one card it shows."""
+def show_card(client, name: str = "reference-order-sign", *, recorded: bool = True) -> dict:
+    """Call the hook for real and return the one card it shows; `recorded`: wait until its
+    record is in the store (as it is within a second), so feedback is checked against it at
+    once rather than when the record comes."""
     request = json.loads((FIXTURES / "requests" / f"{name}.json").read_text())
     response = client.post(f"/cds-services/calciphylaxis-{request['hook']}",
                            json=request)
     assert response.status_code == 200
     [card] = response.get_json()["cards"]
+    if recorded:
+        assert client.application.extensions["feedback"].recorder.flush(10)
     return card
 
 
@@ -95,9 +101,11 @@ def expressions(response) -> list[str]:
 
 # -- accepted and overridden ------------------------------------------------------------------
 def test_accepting_a_suggestion_of_a_card_just_shown_is_stored(client, store):
-    card = show_card(client)  # no wait: the card's record may still be queued
+    card = show_card(client, recorded=False)  # no wait: the card's record may still be queued
     response = post(client, [accepted(card, suggestion=1)])
     assert response.status_code == 200, response.get_json()
+    # Accepted at once; moved in with the record, which comes within a second.
+    assert client.application.extensions["feedback"].recorder.flush(10)
     assert response.get_json() == {"stored": 1, "duplicates": 0}
     [row] = feedback_on(store, card)
     assert row.outcome == "accepted"

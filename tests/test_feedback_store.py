@@ -299,3 +299,27 @@ def test_closing_the_recorder_does_not_wait_for_the_writers_poll(store):
     recorder.close()
     assert time.monotonic() - started < 0.2
     assert not recorder._thread.is_alive()
+
+
+def test_the_pseudonym_key_can_live_outside_the_instance_folder(tmp_path, monkeypatch):
+    """Issue 12: a copy of instance/ (database and key together) allowed re-identification by
+    trying patient ids. A key file (or the environment) keeps the key elsewhere."""
+    from cds_service.app import create_app
+    from cds_service.config import ConfigError, load_settings
+
+    secrets_dir = tmp_path / "secrets"
+    secrets_dir.mkdir()
+    (secrets_dir / "record.key").write_text("0123456789abcdef0123456789abcdef\n")
+    config = tmp_path / "service.toml"
+    config.write_text('instance_dir = "instance"\npublic_base_url = "http://localhost/"\n'
+                      'record_hash_key_file = "secrets/record.key"\n')
+    monkeypatch.delenv("CDS_RECORD_HASH_KEY", raising=False)
+    settings = load_settings(config)
+    assert settings.record_hash_key == b"0123456789abcdef0123456789abcdef"
+    create_app(settings)
+    assert not (tmp_path / "instance" / "record-hash.key").exists()
+    monkeypatch.setenv("CDS_RECORD_HASH_KEY_FILE", str(secrets_dir / "record.key"))
+    assert load_settings(None).record_hash_key == b"0123456789abcdef0123456789abcdef"
+    (secrets_dir / "record.key").write_text("short")
+    with pytest.raises(ConfigError, match="fewer than"):
+        load_settings(config)

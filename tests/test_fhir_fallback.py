@@ -144,7 +144,8 @@ def test_paged_prefetch_bundle_is_completed_from_the_server(fhir_server, fallbac
 
 
 def test_unlisted_fhir_server_is_never_contacted(fhir_server):
-    settings = Settings(development=False, clients=(TrustedClient(
+    settings = Settings(
+        development=False, public_base_url="http://localhost/", clients=(TrustedClient(
         iss="https://ehr.example.org", jwks={"keys": []},
         fhir_servers=("https://fhir.example.org/r4",)),))
     app = create_app(settings, clock=lambda: ANCHOR)

@@ -23,9 +23,13 @@ from jwt.algorithms import ECAlgorithm
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
+    ignored_auth,
+    missing_required_header,
     negative_data_rejection,
+    response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
+    unsupported_method,
 )
 
 from cds_service.app import create_app
@@ -96,7 +100,8 @@ def _secured_settings() -> Settings:
     jwk = {**ECAlgorithm.to_jwk(CLIENT_KEY.public_key(), as_dict=True), "kid": "fuzz-1"}
     (folder / "jwks.json").write_text(json.dumps({"keys": [jwk]}))
     (folder / "service.toml").write_text(
-        f'instance_dir = "instance"\n[[clients]]\niss = "{CLIENT_ISS}"\n'
+        f'instance_dir = "instance"\npublic_base_url = "http://localhost/"\n'
+        f'[[clients]]\niss = "{CLIENT_ISS}"\n'
         'jwks_file = "jwks.json"\n')
     return load_settings(folder / "service.toml")
 
@@ -140,7 +145,8 @@ def test_api_never_fails_on_schema_driven_input(case):
     response = case.call()
     case.validate_response(response, checks=[
         not_a_server_error, status_code_conformance, content_type_conformance,
-        response_schema_conformance, negative_data_rejection])
+        response_schema_conformance, negative_data_rejection, response_headers_conformance,
+        missing_required_header, ignored_auth, unsupported_method])
     if case.method != "OPTIONS":  # Flask answers preflights itself, with no body
         assert response.headers["content-type"][0].startswith("application/json")
         json.loads(response.content)  # every answer, error or not, is a JSON body
@@ -150,7 +156,8 @@ def test_openapi_document_describes_every_endpoint(fuzz_app):
     document = fuzz_app.test_client().get("/openapi.json").get_json()
     assert document["openapi"].startswith("3.")
     assert set(document["paths"]) == {"/cds-services"} | {
-        f"/cds-services/{service_id}" for service_id in SERVICES}
+        f"/cds-services/{service_id}" for service_id in SERVICES} | {
+        f"/cds-services/{service_id}/feedback" for service_id in SERVICES}
     call = document["paths"]["/cds-services/calciphylaxis-order-sign"]["post"]
     request_schema = call["requestBody"]["content"]["application/json"]["schema"]
     assert request_schema["required"] == ["hook", "hookInstance", "context"]

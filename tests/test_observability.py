@@ -119,8 +119,9 @@ def test_authentication_failures_are_counted(tmp_path):
     from cds_service.app import create_app
     from cds_service.config import Settings, TrustedClient
 
-    settings = Settings(development=False, instance_dir=tmp_path, clients=(TrustedClient(
-        iss="https://ehr.example.org", jwks={"keys": []}),))
+    settings = Settings(
+        development=False, public_base_url="http://localhost/", instance_dir=tmp_path,
+        clients=(TrustedClient(iss="https://ehr.example.org", jwks={"keys": []}),))
     client = create_app(settings).test_client()
     before = _metric(client, "cds_auth_failures_total")
     assert client.get("/cds-services").status_code == 401

@@ -117,7 +117,7 @@ def test_html_escapes_what_clients_sent(store, tmp_path):
     entry = FeedbackEntry(0, card.card_uuid, "overridden", datetime(2026, 11, 20, 13, tzinfo=UTC),
                           reason_system=REASON_SYSTEM, reason_code="x",
                           reason_display="<script>alert(1)</script>")
-    submit_feedback(store, None, card.service_id, [entry], client_iss=None,
+    submit_feedback(store, card.service_id, [entry], client_iss=None,
                     received_at=datetime.now(UTC))
     html = run_report(tmp_path, store.url, "--format", "html").stdout
     assert "<script>" not in html and "&lt;script&gt;" in html

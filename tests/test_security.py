@@ -75,6 +75,8 @@ def write_config(folder: Path, clients: str, top: str = "") -> Path:
     (folder / "epic-jwks.json").write_text(json.dumps(jwk_set((Keys.rsa2048, "epic-2024"))))
     (folder / "es256-jwks.json").write_text(json.dumps(jwk_set((Keys.ec256, "p256"))))
     path = folder / "service.toml"
+    if "public_base_url" not in top:  # required in production mode: the test client's URL
+        top = f'public_base_url = "{BASE}/"\n{top}'
     path.write_text(f'instance_dir = "instance"\n{top}\n{clients}')
     return path
 
@@ -246,7 +248,7 @@ def test_the_401_body_is_an_operation_outcome_that_says_nothing_specific(refusal
 
 
 @pytest.mark.parametrize("authorization", ["", "Bearer", "Bearer ", "Basic dXNlcjpwYXNz",
-                                           "Token abc.def.ghi", "Bearer " + "a" * 9000])
+                                           "Token abc.def.ghi", "Bearer " + "a" * 8100])
 def test_missing_or_non_bearer_authorization_is_refused(authorization, client, refusal):
     headers = {"Authorization": authorization} if authorization else {}
     response = client.get(DISCOVERY, headers=headers)
@@ -628,7 +630,7 @@ def test_keys_prints_a_sandbox_block_that_loads_and_verifies_sandbox_tokens(tmp_
     assert spec["algorithms"] == ["ES384"]
     (tmp_path / spec["jwks_file"]).write_text(json.dumps(jwk_set((Keys.ec384, SANDBOX_KID))))
     config = tmp_path / "service.toml"
-    config.write_text('instance_dir = "instance"\n' + block)
+    config.write_text(f'instance_dir = "instance"\npublic_base_url = "{BASE}"\n' + block)
     client = create_app(load_settings(config)).test_client()
     value = token(iss=SANDBOX, kid=SANDBOX_KID, headers={"jku": SANDBOX_JKU})
     assert client.get(DISCOVERY, headers=bearer(value)).status_code == 200
@@ -714,3 +716,40 @@ def test_a_token_used_on_one_host_is_refused_on_another_sharing_the_database(tmp
     assert replicas[0].get(DISCOVERY, headers=bearer(value)).status_code == 200
     assert replicas[1].get(DISCOVERY, headers=bearer(value)).status_code == 401
     assert replicas[1].get(DISCOVERY, headers=bearer(token())).status_code == 200
+
+
+# --- issue 12: the audience comes from configuration only ----------------------------------------
+
+def test_production_mode_without_public_base_url_refuses_to_start(tmp_path):
+    """Before, aud was checked against the Host header: a token minted for any URL the caller
+    names in Host was accepted."""
+    config = tmp_path / "service.toml"
+    config.write_text('instance_dir = "instance"\n' + CLIENTS)
+    (tmp_path / "ehr-jwks.json").write_text(json.dumps(jwk_set((Keys.ec384, "ec-1"))))
+    for name in ("sandbox-jwks.json", "epic-jwks.json", "es256-jwks.json"):
+        (tmp_path / name).write_text(json.dumps(jwk_set((Keys.ec384, "x"))))
+    with pytest.raises(ConfigError, match="public_base_url"):
+        create_app(load_settings(config))
+    result = CliRunner().invoke(main, ["serve", "--config", str(config)])
+    assert result.exit_code != 0 and "public_base_url" in result.output
+
+
+def test_host_and_forwarded_headers_cannot_choose_the_audience(client, refusal):
+    elsewhere = "https://other-service.example/cds-services"
+    response = client.get(DISCOVERY, headers={
+        **bearer(token(aud=elsewhere)), "Host": "other-service.example",
+        "X-Forwarded-Proto": "https", "X-Forwarded-Host": "other-service.example"})
+    assert response.status_code == 401
+
+
+@pytest.mark.parametrize("aud", [BASE + DISCOVERY + "#fragment", "http://user@localhost/cds-services",
+                                 "http://evil.example@localhost/cds-services"])
+def test_an_aud_with_a_fragment_or_user_is_refused(client, aud, refusal):
+    assert client.get(DISCOVERY, headers=bearer(token(aud=aud))).status_code == 401
+
+
+@pytest.mark.parametrize("url", ["https://user@cds.example/", "https://cds.example/#x",
+                                 "ftp://cds.example/", "cds.example", "https://cds.example/?a=1"])
+def test_a_public_base_url_that_is_not_a_plain_url_is_refused(tmp_path, url):
+    with pytest.raises(ConfigError, match="public_base_url"):
+        load_settings(write_config(tmp_path, CLIENTS, f'public_base_url = "{url}"'))

@@ -17,9 +17,8 @@ EHR = "https://ehr.example.org"
 
 
 def host(database_url: str, tmp_path, name: str) -> SharedReplayCache:
-    """One host: its own local cache, the shared database."""
-    return SharedReplayCache(FeedbackStore(database_url),
-                             fallback=ReplayCache(tmp_path / f"{name}.sqlite3"))
+    """One host's view of the shared database."""
+    return SharedReplayCache(FeedbackStore(database_url))
 
 
 def test_a_token_used_on_one_host_is_refused_on_another(database_url, tmp_path):
@@ -55,14 +54,18 @@ def test_simultaneous_uses_on_many_hosts_accept_each_token_once(database_url, tm
 
 
 def test_an_unreachable_database_falls_back_to_this_hosts_cache(tmp_path, caplog):
-    cache = SharedReplayCache(FeedbackStore("postgresql://cds@127.0.0.1:1/none?connect_timeout=1"),
-                              fallback=ReplayCache(tmp_path / "local.sqlite3"))
+    cache = replay_cache(Settings(instance_dir=tmp_path,
+                                  database_url="postgresql://cds@127.0.0.1:1/none"))
     assert cache.first_use(EHR, "x", expires_at=1000.0, now=10.0)
     assert not cache.first_use(EHR, "x", expires_at=1000.0, now=11.0)
-    assert "this host only" in caplog.text
+    # Each host's file answered: a replay to another worker of this host is still caught.
+    assert ReplayCache(tmp_path / "jwt-replay.sqlite3").count() == 1
+    assert "replay-shared" in caplog.text
 
 
-@pytest.mark.parametrize("configured,kind", [(False, ReplayCache), (True, SharedReplayCache)])
-def test_the_shared_cache_is_used_when_a_database_is_configured(tmp_path, configured, kind):
+@pytest.mark.parametrize("configured,kinds", [(False, [ReplayCache]),
+                                              (True, [SharedReplayCache, ReplayCache])])
+def test_the_shared_cache_is_used_when_a_database_is_configured(tmp_path, configured, kinds):
     url = f"sqlite:///{tmp_path / 'shared.sqlite3'}" if configured else None
-    assert isinstance(replay_cache(Settings(instance_dir=tmp_path, database_url=url)), kind)
+    chain = replay_cache(Settings(instance_dir=tmp_path, database_url=url))
+    assert [type(store) for store, _guard in chain.stores] == kinds

@@ -15,7 +15,7 @@ from datetime import date, datetime
 
 import sqlalchemy as sa
 
-from .schema import card_feedback, issued_card, issued_card_rule
+from .schema import card_feedback, early_feedback, issued_card, issued_card_rule
 from .store import FeedbackStore
 
 OUTCOMES = ("accepted", "overridden", "ignored")
@@ -78,6 +78,11 @@ class Report:
     rules: defaultdict[str, Counts] = field(default_factory=_counts_by)
     override_reasons: dict[str, OverrideReason] = field(default_factory=dict)
     weeks: defaultdict[str, Week] = field(default_factory=lambda: defaultdict(Week))
+    # Feedback that came before its card's record (card_ids.py): moved in once the record came
+    # (reconciled), still waiting for it (awaiting: the record was lost, e.g. a killed worker,
+    # or is not written yet), or not fitting the card when it came (mismatched).
+    reconciliation: dict[str, int] = field(default_factory=lambda: {
+        "reconciled": 0, "awaiting_record": 0, "mismatched": 0})
 
     def as_dict(self, labels: dict[str, str] | None = None) -> dict:
         labels = labels or {}
@@ -95,6 +100,7 @@ class Report:
                       for key, counts in table(self.rules).items()},
             "override_reasons": {key: self.override_reasons[key].as_dict()
                                  for key in sorted(self.override_reasons)},
+            "feedback_before_record": dict(self.reconciliation),
             "weeks": {week: {**self.weeks[week].total.as_dict(),
                              "services": table(self.weeks[week].services),
                              "rules": table(self.weeks[week].rules)}
@@ -165,4 +171,15 @@ def build_report(store: FeedbackStore, *, since: datetime | None, now: datetime)
             key = f"{row.reason_system}|{row.reason_code}" if row.reason_code else COMMENT_ONLY
             report.override_reasons[key] = OverrideReason(
                 row.reason_system, row.reason_code, row.display, row.n)
+        report.reconciliation = {
+            "reconciled": connection.execute(
+                sa.select(sa.func.count()).select_from(card_feedback)
+                .where(card_feedback.c.reconciled_at.is_not(None))).scalar_one(),
+            "awaiting_record": connection.execute(
+                sa.select(sa.func.count()).select_from(early_feedback)
+                .where(early_feedback.c.problem.is_(None))).scalar_one(),
+            "mismatched": connection.execute(
+                sa.select(sa.func.count()).select_from(early_feedback)
+                .where(early_feedback.c.problem.is_not(None))).scalar_one(),
+        }
     return report

@@ -41,7 +41,9 @@ def produce_report(settings: Settings, since: datetime | None, fmt: str,
     store = FeedbackStore(database_url(settings.database_url, settings.instance_dir))
     try:
         store.ensure_ready()
-        report = build_report(store, since=since, now=now or datetime.now(UTC))
+        now = now or datetime.now(UTC)
+        store.reconcile_all(now)  # feedback whose card's record has come since
+        report = build_report(store, since=since, now=now)
     except StoreUnavailable as exc:
         raise ReportError(f"the card store {store.display_url()} is unavailable") from exc
     finally:

@@ -53,7 +53,21 @@ def render_text(report: Report, labels: dict[str, str] | None = None) -> str:
         lines.append(f"  {reason.overridden:>6}  {name}")
     if not report.override_reasons:
         lines.append("  none")
+    lines += ["", *reconciliation_lines(report)]
     return "\n".join(lines) + "\n"
+
+
+def reconciliation_lines(report: Report) -> list[str]:
+    counts = report.reconciliation
+    return [
+        "Feedback that came before its card's record (not counted above until the record "
+        "comes)",
+        f"  {counts['reconciled']:>6}  reconciled: the record came and the outcome counts above",
+        f"  {counts['awaiting_record']:>6}  awaiting the record (lost with a killed worker, or "
+        "not yet written)",
+        f"  {counts['mismatched']:>6}  not matching the card once it came (e.g. a suggestion "
+        "not on it)",
+    ]
 
 
 def weekly_chart_png(report: Report, labels: dict[str, str] | None = None) -> bytes:
@@ -120,6 +134,8 @@ A card counts once, with its latest reported outcome; ignored = shown with no fe
 <td>{{ reason.system or "" }}</td><td>{{ reason.overridden }}</td></tr>
 {% else %}<tr><td colspan="3">none</td></tr>{% endfor %}
 </table>
+<h2>Feedback before its card's record</h2>
+<ul>{% for line in reconciliation[1:] %}<li>{{ line.strip() }}</li>{% endfor %}</ul>
 </body></html>
 """)
 
@@ -144,4 +160,5 @@ def render_html(report: Report, labels: dict[str, str] | None = None) -> str:
         since=data["since"], generated=data["generated_at"], columns=COLUMNS, tables=tables,
         rate=lambda c: "-" if c["acceptance_rate"] is None else f"{c['acceptance_rate']:.0%}",
         reasons=sorted(report.override_reasons.values(), key=lambda r: -r.overridden),
+        reconciliation=reconciliation_lines(report),
         chart=base64.b64encode(weekly_chart_png(report, labels)).decode("ascii"))

@@ -4,44 +4,57 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 
 import orjson
 from flask import Blueprint, Response, g
 from prometheus_client import Counter
 
+from ..card_ids import CardIds
 from ..errors import UnknownService
+from ..request_body import decode_json_body  # the hook calls' body rules (415, 413, 400)
 from ..services import SERVICES
-from .recorder import CardRecorder
-from .store import FeedbackStore
+from ..store_guard import StoreGuard, StoreSkipped
+from .store import FeedbackStore, StoreUnavailable
 from .submit import submit_feedback
 from .validation import FeedbackInvalid, parse_feedback
 
 FEEDBACK = Counter("cds_feedback_reports_total", "Feedback reports received",
-                   ["service", "result"])  # stored | duplicate | invalid (per request)
+                   ["service", "result"])  # stored | duplicate | invalid | unavailable
 
 
 def _json(body: object, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status=status, mimetype="application/json")
 
 
-def feedback_blueprint(store: FeedbackStore, recorder: CardRecorder | None,
-                       clock: Callable[[], datetime]) -> Blueprint:
+def feedback_blueprint(store: FeedbackStore, card_ids: CardIds, clock: Callable[[], datetime],
+                       deadline_seconds: float = 0.05) -> Blueprint:
     blueprint = Blueprint("feedback", __name__)
+    # A feedback call waits at most `deadline_seconds` for the store, then answers 503
+    # (Retry-After): it runs on a worker that also serves cards, so a store that hangs may delay
+    # a card by this much, at most 3 times per worker per 30 s (the breaker). A normal feedback
+    # write takes milliseconds.
+    guard = StoreGuard("feedback", deadline_seconds=deadline_seconds, fail_max=3,
+                       fallback="feedback answered 503 with Retry-After",
+                       exclude=(FeedbackInvalid,))
 
     @blueprint.post("/cds-services/<service_id>/feedback")
     def receive_feedback(service_id: str):
-        from ..app import _decode_json_body  # the hook calls' body rules (415, 413, 400)
-
         if service_id not in SERVICES:
             raise UnknownService(f"no CDS service '{service_id}'; see GET /cds-services")
         now = clock()
-        entries = parse_feedback(_decode_json_body(), now)
+        entries = parse_feedback(decode_json_body(), now)
         try:
-            result = submit_feedback(store, recorder, service_id, entries,
-                                     client_iss=g.get("client_iss"), received_at=now)
+            result = guard.call(partial(submit_feedback, store, service_id, entries,
+                                        client_iss=g.get("client_iss"), received_at=now,
+                                        card_ids=card_ids))
         except FeedbackInvalid:
             FEEDBACK.labels(service_id, "invalid").inc()
             raise
+        except StoreSkipped:
+            FEEDBACK.labels(service_id, "unavailable").inc()
+            raise StoreUnavailable("the feedback store is unavailable; send it again later") \
+                from None
         FEEDBACK.labels(service_id, "stored").inc(result.stored)
         FEEDBACK.labels(service_id, "duplicate").inc(result.duplicates)
         return _json({"stored": result.stored, "duplicates": result.duplicates})

@@ -84,7 +84,32 @@ card_feedback = sa.Table(
     sa.Column("user_comment", sa.Text()),
     sa.Column("client_iss", sa.String(500)),
     sa.Column("received_at", UTCDateTime(), nullable=False),
+    # Set when the report arrived before the card's record and was moved here once it came.
+    sa.Column("reconciled_at", UTCDateTime()),
     sa.Index("ix_card_feedback_card_uuid", "card_uuid"),
+)
+
+# Feedback on a card whose uuid proves this service issued it (card_ids.py) but whose record
+# had not reached the store: kept here until it does (reconciled into card_feedback). `problem`
+# says why a row could not be moved when its record came (e.g. a suggestion not on the card).
+early_feedback = sa.Table(
+    "early_feedback", metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True,
+              autoincrement=True),
+    sa.Column("dedup_key", sa.String(64), nullable=False, unique=True),
+    sa.Column("card_uuid", sa.String(64), nullable=False),
+    sa.Column("service_id", sa.String(100), nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("outcome_at", UTCDateTime(), nullable=False),
+    sa.Column("accepted_suggestions", sa.JSON(), nullable=False),
+    sa.Column("reason_system", sa.String(500)),
+    sa.Column("reason_code", sa.String(200)),
+    sa.Column("reason_display", sa.String(500)),
+    sa.Column("user_comment", sa.Text()),
+    sa.Column("client_iss", sa.String(500)),
+    sa.Column("received_at", UTCDateTime(), nullable=False),
+    sa.Column("problem", sa.String(500)),
+    sa.Index("ix_early_feedback_card_uuid", "card_uuid"),
 )
 
 # The JWT replay cache shared by several hosts (see cds_service/shared_replay.py).

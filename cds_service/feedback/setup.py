@@ -10,6 +10,7 @@ from datetime import datetime
 
 from flask import Flask
 
+from ..card_ids import CardIds
 from ..config import Settings
 from .recorder import CardRecorder, record_hash_key
 from .routes import feedback_blueprint
@@ -22,6 +23,7 @@ log = logging.getLogger("cds_service.feedback")
 class Feedback:
     store: FeedbackStore
     recorder: CardRecorder
+    card_ids: CardIds  # mints the card uuids the feedback endpoint can verify
 
 
 def init_feedback(app: Flask, settings: Settings, clock: Callable[[], datetime]) -> Feedback:
@@ -32,14 +34,23 @@ def init_feedback(app: Flask, settings: Settings, clock: Callable[[], datetime])
         # Cards are still served; the recorder and the feedback route retry the migration.
         log.warning("feedback store %s unreachable at start; retrying in the background",
                     store.display_url())
-    # With gunicorn's preload the app is built in the master: let no pooled connection be
+    # `serve` builds the app in the main process: let no pooled connection be
     # inherited by the forked workers.
     store.dispose()
-    recorder = CardRecorder(store, record_hash_key(settings.record_hash_key,
-                                                   settings.instance_dir), clock=clock)
+    if settings.record_hash_key is None and not settings.development:
+        log.warning("the record's pseudonym key is kept in instance_dir beside the card store: "
+                    "a copy of both allows re-identification by trying patient ids; set "
+                    "CDS_RECORD_HASH_KEY, CDS_RECORD_HASH_KEY_FILE or record_hash_key_file")
+    key = record_hash_key(settings.record_hash_key, settings.instance_dir)
+    recorder = CardRecorder(store, key, clock=clock)
+    card_ids = CardIds(key)
     app.extensions["cards_issued_listeners"].append(recorder)
-    app.register_blueprint(feedback_blueprint(store, recorder, clock))
-    feedback = Feedback(store, recorder)
+    app.register_blueprint(feedback_blueprint(store, card_ids, clock,
+                                            settings.feedback_store_timeout_seconds))
+    feedback = Feedback(store, recorder, card_ids)
     app.extensions["feedback"] = feedback
-    atexit.register(recorder.close, 2.0)  # write what is queued when a worker exits
+    # Write what is queued when a worker exits: at interpreter exit, or when the server ends a
+    # worker process (which skips atexit).
+    atexit.register(recorder.close, 2.0)
+    app.extensions["worker_exit_callbacks"].append(lambda: recorder.close(2.0))
     return feedback

@@ -20,11 +20,24 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from ..errors import ServiceError
-from .schema import card_feedback, issued_card, issued_card_rule, issued_suggestion
+from .schema import (
+    card_feedback,
+    early_feedback,
+    issued_card,
+    issued_card_rule,
+    issued_suggestion,
+)
 
 log = logging.getLogger("cds_service.feedback")
 
 DEFAULT_DATABASE_FILE = "cds.sqlite3"
+# A write waits at most this long for another's lock (SQLite busy timeout): far below the EHR's
+# patience and the worker timeout; the recorder retries, a feedback call answers 503.
+SQLITE_BUSY_SECONDS = 0.25
+# PostgreSQL: libpq's connect_timeout cannot go below 2 s; statements end after 1 s. Calls on
+# the request path are also bounded by their StoreGuard's deadline.
+PG_CONNECT_TIMEOUT_SECONDS = 2
+PG_STATEMENT_TIMEOUT_MS = 1000
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "feedback_alembic_version"
 # Serialises concurrent `upgrade head` of several workers starting at once on PostgreSQL.
@@ -36,6 +49,7 @@ class StoreUnavailable(ServiceError):
 
     status = 503
     code = "transient"
+    headers = (("Retry-After", "30"),)
 
 
 def is_store_down(exc: BaseException) -> bool:
@@ -59,14 +73,17 @@ def make_engine(url: str) -> Engine:
         return _sqlite_engine(parsed)
     # hide_parameters: SQL errors are logged, and parameters are no business of a log.
     return sa.create_engine(parsed, hide_parameters=True, pool_pre_ping=True, pool_size=5,
-                            connect_args={"connect_timeout": 3})
+                            connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_SECONDS,
+                                          "options": f"-c statement_timeout="
+                                                     f"{PG_STATEMENT_TIMEOUT_MS}"})
 
 
 def _sqlite_engine(url) -> Engine:
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(url, hide_parameters=True,
-                              connect_args={"timeout": 30, "check_same_thread": False})
+                              connect_args={"timeout": SQLITE_BUSY_SECONDS,
+                                            "check_same_thread": False})
 
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:
@@ -137,14 +154,14 @@ class FeedbackStore:
     # -- schema ----------------------------------------------------------------------------
     def migrate(self) -> None:
         """`alembic upgrade head` on this database; safe when several processes start at once."""
+        # Alembic's INFO lines are for its own command line; we log one line when it upgrades.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
         from alembic import command
         from alembic.config import Config
         from alembic.migration import MigrationContext
 
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
-        # Alembic's INFO lines are for its own command line; we log one line when it upgrades.
-        logging.getLogger("alembic").setLevel(logging.WARNING)
         with self.write() as connection:
             if self.dialect == "postgresql":
                 connection.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"),
@@ -217,6 +234,9 @@ class FeedbackStore:
             if suggestions:
                 connection.execute(self._insert_ignoring_duplicates(
                     issued_suggestion, ["card_uuid", "suggestion_uuid"]), suggestions)
+            # Feedback that came before these records (one indexed look-up, usually empty).
+            self.reconcile_early_feedback(connection, [c.card_uuid for c in cards],
+                                          cards[0].issued_at)
 
     def known_cards(self, connection: Connection, uuids: Iterable[str]) -> dict[str, KnownCard]:
         # One statement, so one snapshot: under READ COMMITTED two queries could see a card
@@ -249,6 +269,53 @@ class FeedbackStore:
         for row in sorted(rows, key=lambda r: r["dedup_key"]):
             stored += len(connection.execute(statement, row).all())
         return stored
+
+    def insert_early_feedback(self, connection: Connection, rows: Sequence[dict]) -> int:
+        """Reports on cards whose record has not come yet; returns how many were new."""
+        statement = self._insert_ignoring_duplicates(early_feedback, ["dedup_key"]).returning(
+            early_feedback.c.id)
+        return sum(len(connection.execute(statement, row).all())
+                   for row in sorted(rows, key=lambda r: r["dedup_key"]))
+
+    def reconcile_early_feedback(self, connection: Connection, card_uuids: Sequence[str] | None,
+                                 now: datetime) -> int:
+        """Move early reports whose card is now recorded into card_feedback (all of them, or
+        those about `card_uuids`); a report that does not fit its card stays, with the reason.
+        Returns how many were moved."""
+        from .validation import FeedbackEntry, suggestion_problems
+
+        query = sa.select(early_feedback).join(
+            issued_card, issued_card.c.card_uuid == early_feedback.c.card_uuid).where(
+            early_feedback.c.problem.is_(None))
+        if card_uuids is not None:
+            query = query.where(early_feedback.c.card_uuid.in_(sorted(set(card_uuids))))
+        waiting = connection.execute(query).mappings().all()
+        if not waiting:
+            return 0
+        cards = self.known_cards(connection, (row["card_uuid"] for row in waiting))
+        moved = []
+        for row in waiting:
+            card = cards[row["card_uuid"]]
+            entry = FeedbackEntry(0, row["card_uuid"], row["outcome"], row["outcome_at"],
+                                  tuple(row["accepted_suggestions"]))
+            problems = ([f"issued by {card.service_id}"] if card.service_id != row["service_id"]
+                        else [p.message for p in suggestion_problems(entry, card)])
+            if problems:
+                connection.execute(sa.update(early_feedback).where(
+                    early_feedback.c.id == row["id"]).values(problem="; ".join(problems)[:500]))
+                continue
+            moved.append(row)
+        if moved:
+            rows = [{k: v for k, v in row.items() if k not in ("id", "problem")}
+                    | {"reconciled_at": now} for row in moved]
+            self.insert_feedback(connection, rows)
+            connection.execute(sa.delete(early_feedback).where(
+                early_feedback.c.id.in_([row["id"] for row in moved])))
+        return len(moved)
+
+    def reconcile_all(self, now: datetime) -> int:
+        with self.write() as connection:
+            return self.reconcile_early_feedback(connection, None, now)
 
     # -- for tests and operators -----------------------------------------------------------
     def count(self, table: sa.Table) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -40,10 +41,9 @@ class Problem:
 class FeedbackInvalid(BadRequest):
     """A feedback request with one or more bad entries (400); nothing of it is stored."""
 
-    def __init__(self, problems: list[Problem], *, unknown_cards: bool = False):
+    def __init__(self, problems: list[Problem]):
         super().__init__("; ".join(map(str, problems)))
         self.problems = problems
-        self.unknown_cards = unknown_cards  # worth a retry once this process's records are in
 
 
 @dataclass(frozen=True)
@@ -204,34 +204,54 @@ def parse_feedback(body: Any, now: datetime) -> list[FeedbackEntry]:
 
 
 def check_against_cards(service_id: str, entries: list[FeedbackEntry],
-                        cards: dict[str, KnownCard]) -> None:
-    """Each entry must be about a card this service issued, naming that card's suggestions."""
+                        cards: dict[str, KnownCard],
+                        issuer: Callable[[str], str | None] = lambda _uuid: None,
+                        ) -> list[FeedbackEntry]:
+    """Each entry must be about a card this service issued, naming that card's suggestions.
+
+    A card not (yet) in the record is accepted when its uuid proves this service issued it
+    (`issuer`, card_ids.py): its record may be queued in another worker, or lost with a killed
+    one. Those entries are returned, to be kept until the record comes; their suggestions are
+    checked then."""
     problems: list[Problem] = []
-    unknown = False
+    early: list[FeedbackEntry] = []
     for entry in entries:
         where = f"feedback[{entry.index}]"
         card = cards.get(entry.card_uuid)
         if card is None:
-            unknown = True
-            problems.append(Problem(f"{where}.card", f"{entry.card_uuid} is not a card this "
-                                                     "service issued"))
+            minted_by = issuer(entry.card_uuid)
+            if minted_by == service_id:
+                early.append(entry)
+            elif minted_by is not None:
+                problems.append(Problem(f"{where}.card", f"{entry.card_uuid} was issued by "
+                                                         f"{minted_by}, not {service_id}"))
+            else:
+                problems.append(Problem(f"{where}.card", f"{entry.card_uuid} is not a card "
+                                                         "this service issued"))
             continue
         if card.service_id != service_id:
             problems.append(Problem(f"{where}.card", f"{entry.card_uuid} was issued by "
                                                      f"{card.service_id}, not {service_id}"))
             continue
-        if entry.outcome != "accepted":
-            continue
-        for position, suggestion in enumerate(entry.accepted_suggestions):
-            if suggestion not in card.suggestion_uuids:
-                problems.append(Problem(f"{where}.acceptedSuggestions[{position}].id",
-                                        f"{suggestion} is not a suggestion of card "
-                                        f"{entry.card_uuid}"))
-        if card.suggestion_uuids and not entry.accepted_suggestions:
-            problems.append(Problem(f"{where}.acceptedSuggestions",
-                                    "must name the suggestion that was accepted"))
-        if card.selection_behavior == "at-most-one" and len(entry.accepted_suggestions) > 1:
-            problems.append(Problem(f"{where}.acceptedSuggestions",
-                                    "names several suggestions of an at-most-one card"))
+        problems += suggestion_problems(entry, card)
     if problems:
-        raise FeedbackInvalid(problems, unknown_cards=unknown)
+        raise FeedbackInvalid(problems)
+    return early
+
+
+def suggestion_problems(entry: FeedbackEntry, card: KnownCard) -> list[Problem]:
+    """An accepted outcome must name the card's own suggestions, one for an at-most-one card."""
+    where = f"feedback[{entry.index}]"
+    if entry.outcome != "accepted":
+        return []
+    problems = [Problem(f"{where}.acceptedSuggestions[{position}].id",
+                        f"{suggestion} is not a suggestion of card {entry.card_uuid}")
+                for position, suggestion in enumerate(entry.accepted_suggestions)
+                if suggestion not in card.suggestion_uuids]
+    if card.suggestion_uuids and not entry.accepted_suggestions:
+        problems.append(Problem(f"{where}.acceptedSuggestions",
+                                "must name the suggestion that was accepted"))
+    if card.selection_behavior == "at-most-one" and len(entry.accepted_suggestions) > 1:
+        problems.append(Problem(f"{where}.acceptedSuggestions",
+                                "names several suggestions of an at-most-one card"))
+    return problems
