@@ -33,7 +33,7 @@ RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))
 # bytecode here, so the read-only runtime never needs to write any.
 COPY cds_service ./cds_service
 RUN pip install --no-deps . \
-    && python -P -c "import cds_service.app"
+    && python -P -c "import cds_service.web.app"
 
 # ---- runtime --------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
@@ -54,16 +54,10 @@ RUN groupadd --system --gid 10001 cds \
 
 COPY --from=build /opt/venv /opt/venv
 
-# Card wording. cds_service/cards.py looks for `cards/` next to the package directory
-# (CARDS_DIR = <package>/../cards), which after a non-editable install is site-packages/cards:
-# the wording is kept in /opt/cds-service/cards and linked there, so a configuration without
-# `cards_dir` works too; the shipped configuration also names it (cards_dir).
-COPY cards/ /opt/cds-service/cards/
-RUN ln -s /opt/cds-service/cards \
-        "$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/cards" \
-    && mkdir -p /etc/cds-service /var/lib/cds-service \
+# Card wording is package data (cds_service/cards/cards.toml): installed with the package.
+RUN mkdir -p /etc/cds-service /var/lib/cds-service \
     && chown cds:cds /var/lib/cds-service \
-    && python -c "from cds_service.cards import CardTemplates; CardTemplates.load()"
+    && python -c "from cds_service.cards.writer import CardTemplates; CardTemplates.load()"
 
 # Writable per-container state (JWT replay cache; the SQLite store when no database_url is set):
 # a volume in Kubernetes. Also the working directory, so a relative `instance` lands here.

@@ -21,15 +21,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from cds_service.assessment import assess  # noqa: E402
-from cds_service.knowledge import load_knowledge  # noqa: E402
-from cds_service.record import (  # noqa: E402
+from cds_service.clinical.assessment import assess  # noqa: E402
+from cds_service.clinical.record import (  # noqa: E402
     ConditionEntry,
     LabResult,
     Medication,
     PatientRecord,
     ProcedureEntry,
 )
+from cds_service.knowledge import load_knowledge  # noqa: E402
 
 NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
 # Prevalence on maintenance haemodialysis (rounded; clinical.md cites DOPPS for binders, active

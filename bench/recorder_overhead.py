@@ -30,8 +30,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def listener_alone(app, calls: int) -> dict:
+    from cds_service.cdshooks.services import SERVICES
     from cds_service.feedback.recorder import CardRecorder
-    from cds_service.services import SERVICES
 
     engine = app.extensions["hook_engine"]
     body = json.loads(REQUEST.read_text())
@@ -82,8 +82,8 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=20_000)
     parser.add_argument("--requests", type=int, default=800)
     args = parser.parse_args()
-    from cds_service.app import create_app
-    from cds_service.config import Settings
+    from cds_service.ops.config import Settings
+    from cds_service.web.app import create_app
 
     with tempfile.TemporaryDirectory() as folder:
         app = create_app(Settings(instance_dir=Path(folder)))

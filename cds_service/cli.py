@@ -10,8 +10,8 @@ from pathlib import Path
 import click
 import orjson
 
-from .config import ConfigError, Settings, load_settings
-from .errors import ServiceError
+from cds_service.errors import ServiceError
+from cds_service.ops.config import ConfigError, Settings, load_settings
 
 
 @click.group()
@@ -33,8 +33,8 @@ def serve(host: str | None, port: int | None, config_path: str | None,
 
     # Metrics of all workers are aggregated through files: set before prometheus is imported.
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="cds-metrics-"))
-    from .observability import json_logging
-    from .server import serve as run_server
+    from cds_service.ops.observability import json_logging
+    from cds_service.ops.server import serve as run_server
 
     try:
         settings = load_settings(config_path)
@@ -89,9 +89,9 @@ def _print_cards(response: dict) -> None:
 def evaluate(request_file: str, now_text: str | None, as_json: bool,
              config_path: str | None) -> None:
     """Print the cards a CDS Hooks request file produces (no server needed)."""
-    from .cards import CardTemplates, CardWriter
-    from .hooks import HookEngine, service_for_hook
-    from .knowledge import load_knowledge
+    from cds_service.cards.writer import CardTemplates, CardWriter
+    from cds_service.cdshooks.engine import HookEngine, service_for_hook
+    from cds_service.knowledge import load_knowledge
 
     try:
         settings = load_settings(config_path) if config_path else Settings()
@@ -146,7 +146,7 @@ def evaluate(request_file: str, now_text: str | None, as_json: bool,
 def keys(iss: str, jwks_file: str | None, jku: str | None, algorithms: tuple[str, ...],
          tenant: str | None, fhir_servers: tuple[str, ...], config_path: str | None) -> None:
     """Print how to trust a client, with a [[clients]] block to paste (default: the Sandbox)."""
-    from .trust import trust_instructions
+    from cds_service.auth.trust import trust_instructions
 
     click.echo(trust_instructions(
         iss, jwks_file=jwks_file, jku=jku, algorithms=algorithms, tenant=tenant,
@@ -168,7 +168,7 @@ def report(since: datetime | None, fmt: str, config_path: str | None,
            output: str | None) -> None:
     """Cards shown, accepted, overridden and ignored: per service, factor, override reason and
     ISO week."""
-    from .feedback.report_cli import ReportError, produce_report
+    from cds_service.feedback.report_cli import ReportError, produce_report
 
     try:
         text = produce_report(load_settings(config_path),

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from cds_service.app import create_app
-from cds_service.cards import CardTemplates, CardWriter
-from cds_service.config import Settings
-from cds_service.hooks import HookEngine
+from cds_service.cards.writer import CardTemplates, CardWriter
+from cds_service.cdshooks.engine import HookEngine
 from cds_service.knowledge import load_knowledge
+from cds_service.ops.config import Settings
+from cds_service.web.app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from postgres_server import start_postgres
 
-from cds_service.feedback.store import FeedbackStore
+from cds_service.store.store import FeedbackStore
 
 
 @pytest.fixture(scope="session")

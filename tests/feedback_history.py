@@ -13,9 +13,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from cds_service.feedback.store import FeedbackStore, ShownCard
 from cds_service.feedback.submit import submit_feedback
 from cds_service.feedback.validation import FeedbackEntry
+from cds_service.store.store import FeedbackStore, ShownCard
 
 SERVICES = {
     "calciphylaxis-patient-view": "patient-view",

@@ -10,7 +10,7 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT / "bench"))
 import alert_burden  # noqa: E402
 
-from cds_service.assessment import assess  # noqa: E402
+from cds_service.clinical.assessment import assess  # noqa: E402
 
 
 def test_the_model_tiers_patients_as_the_policy_says(knowledge):

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from cds_service.assessment import assess
-from cds_service.record import (
+from cds_service.clinical.assessment import assess
+from cds_service.clinical.record import (
     ConditionEntry,
     LabResult,
     Medication,

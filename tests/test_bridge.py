@@ -8,8 +8,8 @@ import json
 
 from test_bad_input import PATIENT_VIEW, REFERENCE_SUMMARY, patient_view
 
-from cds_service.rsgi_bridge import RECEIVED_AT, RsgiBridge
-from cds_service.watchdog import EXIT_STUCK, StuckWorkerWatchdog
+from cds_service.ops.rsgi_bridge import RECEIVED_AT, RsgiBridge
+from cds_service.ops.watchdog import EXIT_STUCK, StuckWorkerWatchdog
 
 
 class Headers(list):
@@ -127,7 +127,7 @@ def test_the_watchdog_ends_a_worker_stuck_in_one_call():
 def test_every_eighth_answer_on_a_connection_closes_it(app):
     """Kept-alive connections are placed afresh now and then: a worker accepts even while busy,
     so for ever-kept connections could pile onto one worker and leave the other idle."""
-    from cds_service.rsgi_bridge import REUSES_PER_CONNECTION
+    from cds_service.ops.rsgi_bridge import REUSES_PER_CONNECTION
 
     bridge = RsgiBridge(app, 1000)
     closes = []

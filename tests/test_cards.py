@@ -7,9 +7,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from cds_service.assessment import assess
-from cds_service.cards import CARDS_DIR, CardTemplates, CardWriter, TemplateError
-from cds_service.record import ConditionEntry, LabResult, Medication, PatientRecord, ProcedureEntry
+from cds_service.cards.writer import CARDS_DIR, CardTemplates, CardWriter, TemplateError
+from cds_service.clinical.assessment import assess
+from cds_service.clinical.record import (
+    ConditionEntry,
+    LabResult,
+    Medication,
+    PatientRecord,
+    ProcedureEntry,
+)
 
 NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
 
@@ -124,7 +130,7 @@ def test_a_missing_template_fails_at_start(knowledge, tmp_path):
 
 
 def test_an_unresolvable_medication_order_is_said_on_the_card(knowledge, writer):
-    from cds_service.record import UNRESOLVED_MEDICATION, Unreadable
+    from cds_service.clinical.record import UNRESOLVED_MEDICATION, Unreadable
 
     record = in_scope_record(med("vitamin_k_antagonist", "warfarin"))
     record.unreadable.append(Unreadable("MedicationRequest", UNRESOLVED_MEDICATION, "x"))
@@ -133,7 +139,7 @@ def test_an_unresolvable_medication_order_is_said_on_the_card(knowledge, writer)
 
 
 def test_a_critical_summary_names_only_the_drugs_to_stop(knowledge, writer):
-    from cds_service.record import LabResult
+    from cds_service.clinical.record import LabResult
 
     record = in_scope_record(med("calcium_binder", "calcium acetate"))
     record.labs.append(LabResult("Observation/p", "pth", "2731-8", 900.0, None, "900", "pg/mL",

@@ -23,9 +23,9 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
-from cds_service import server
-from cds_service.app import create_app
-from cds_service.config import Settings, load_settings
+from cds_service.ops import server
+from cds_service.ops.config import Settings, load_settings
+from cds_service.web.app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -201,16 +201,15 @@ def copy_destination(stage, source: str) -> str | None:
     return None
 
 
-def test_card_wording_is_where_the_service_reads_it(final_stage):
-    """`pip install .` leaves cards/ behind: the image copies it and the config names it."""
-    destination = copy_destination(final_stage, "cards")
-    assert destination and destination.startswith("/")
-    settings = configmap_settings()
-    assert settings.cards_dir == Path(destination)
-    # And the default (cards.CARDS_DIR = <site-packages>/cards) is linked to it for configs
-    # without cards_dir.
+def test_card_wording_ships_inside_the_package(final_stage):
+    """cards.toml is package data: installed with the package, no copy or configuration needed."""
+    assert configmap_settings().cards_dir is None
+    import tomllib
+
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "cards/*.toml" in data["package-data"]["cds_service"]
     runs = " ".join(args for keyword, args in final_stage if keyword == "RUN")
-    assert f"ln -s {destination}" in runs and 'get_paths()["purelib"]' in runs
+    assert "CardTemplates.load()" in runs
 
 
 def test_instance_dir_is_writable_and_mounted(final_stage):
@@ -240,7 +239,8 @@ def dockerignored(path: str, patterns: list[str]) -> bool:
 def test_dockerignore_lets_in_only_what_the_image_needs():
     patterns = [line.strip() for line in DOCKERIGNORE.read_text().splitlines()
                 if line.strip() and not line.startswith("#")]
-    for path in ("pyproject.toml", "README.md", "cds_service/app.py", "cards/cards.toml",
+    for path in ("pyproject.toml", "README.md", "cds_service/web/app.py",
+                 "cds_service/cards/cards.toml",
                  "cds_service/knowledge/knowledge.toml"):
         assert not dockerignored(path, patterns), path
     for path in (".git/config", ".venv/bin/python", "instance/jwt-replay.sqlite3",

@@ -13,9 +13,9 @@ import pytest
 import sqlalchemy as sa
 from conftest import ANCHOR, FIXTURES
 
-from cds_service.app import create_app
-from cds_service.config import Settings
-from cds_service.feedback.schema import card_feedback, issued_card
+from cds_service.ops.config import Settings
+from cds_service.store.schema import card_feedback, issued_card
+from cds_service.web.app import create_app
 
 ORDER_SIGN = "calciphylaxis-order-sign"
 PATIENT_VIEW = "calciphylaxis-patient-view"

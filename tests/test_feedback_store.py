@@ -19,19 +19,19 @@ from alembic.migration import MigrationContext
 from feedback_history import REASON_SYSTEM, shown_card
 from feedback_workers import post_feedback
 
+from cds_service.cdshooks.engine import HookResult
+from cds_service.cdshooks.request import HookRequest
+from cds_service.cdshooks.services import SERVICES
 from cds_service.feedback.recorder import CardRecorder, record_hash_key
-from cds_service.feedback.schema import (
+from cds_service.ops.privacy import pseudonym
+from cds_service.store.schema import (
     card_feedback,
     issued_card,
     issued_card_rule,
     issued_suggestion,
     metadata,
 )
-from cds_service.feedback.store import VERSION_TABLE, FeedbackStore
-from cds_service.hooks import HookResult
-from cds_service.privacy import pseudonym
-from cds_service.protocol import HookRequest
-from cds_service.services import SERVICES
+from cds_service.store.store import VERSION_TABLE, FeedbackStore
 
 KEY = b"test-record-key"
 PATIENT = "patient-4711"
@@ -39,7 +39,7 @@ PATIENT = "patient-4711"
 
 def hook_result(cards: list) -> HookResult:
     """A HookResult as the engine returns it, for a patient whose id must never be stored."""
-    from cds_service.cards import IssuedCard
+    from cds_service.cards.writer import IssuedCard
 
     request = HookRequest(service=SERVICES["calciphylaxis-order-sign"],
                           hook_instance=str(uuid.uuid4()), patient_id=PATIENT, user_id="u1",
@@ -304,8 +304,8 @@ def test_closing_the_recorder_does_not_wait_for_the_writers_poll(store):
 def test_the_pseudonym_key_can_live_outside_the_instance_folder(tmp_path, monkeypatch):
     """Issue 12: a copy of instance/ (database and key together) allowed re-identification by
     trying patient ids. A key file (or the environment) keeps the key elsewhere."""
-    from cds_service.app import create_app
-    from cds_service.config import ConfigError, load_settings
+    from cds_service.ops.config import ConfigError, load_settings
+    from cds_service.web.app import create_app
 
     secrets_dir = tmp_path / "secrets"
     secrets_dir.mkdir()

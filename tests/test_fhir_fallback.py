@@ -13,9 +13,9 @@ import pytest
 from conftest import ANCHOR, FIXTURES, MANIFEST
 from fhir_server import TOKEN, SekmetServer
 
-from cds_service.app import create_app
-from cds_service.config import Settings, TrustedClient
-from cds_service.services import PREFETCH
+from cds_service.cdshooks.services import PREFETCH
+from cds_service.ops.config import Settings, TrustedClient
+from cds_service.web.app import create_app
 
 SERVICE_OF_HOOK = {"patient-view": "calciphylaxis-patient-view",
                    "order-select": "calciphylaxis-order-select",
@@ -115,7 +115,7 @@ def test_cards_are_the_same_whatever_the_prefetch_state(fhir_server, fallback_cl
 
 def test_paged_results_are_all_read(fhir_server):
     """With two results a page, the reference patient's four labs span two pages."""
-    from cds_service.fhir_client import FhirFetcher
+    from cds_service.fhir.client import FhirFetcher
 
     app = create_app(Settings(fhir_deadline_seconds=5.0), clock=lambda: ANCHOR)
     engine = app.extensions["hook_engine"]
@@ -153,8 +153,8 @@ def test_unlisted_fhir_server_is_never_contacted(fhir_server):
     case = next(c for c in CASES if c["name"] == "reference-patient-view")
     body = _request(case, fhir_server)
     del body["prefetch"]["observations"]
-    from cds_service.fhir_client import FetchStats
-    from cds_service.services import SERVICES
+    from cds_service.cdshooks.services import SERVICES
+    from cds_service.fhir.client import FetchStats
 
     stats = FetchStats()
     with pytest.raises(Exception) as raised:

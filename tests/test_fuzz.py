@@ -32,12 +32,12 @@ from schemathesis.specs.openapi.checks import (
     unsupported_method,
 )
 
-from cds_service.app import create_app
-from cds_service.config import Settings, load_settings
+from cds_service.cdshooks.request import HookRequest, parse_request
+from cds_service.cdshooks.services import PREFETCH, SERVICES
 from cds_service.errors import DataUnavailable, ServiceError
-from cds_service.json_depth import MAX_JSON_DEPTH
-from cds_service.protocol import HookRequest, parse_request
-from cds_service.services import PREFETCH, SERVICES
+from cds_service.fhir.nesting import MAX_JSON_DEPTH
+from cds_service.ops.config import Settings, load_settings
+from cds_service.web.app import create_app
 
 REFERENCE = json.loads((FIXTURES / "requests" / "reference-patient-view.json").read_text())
 ORDER_SIGN = SERVICES["calciphylaxis-order-sign"]

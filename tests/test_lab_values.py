@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cds_service.lab_values import read_value
+from cds_service.clinical.lab_values import read_value
 
 UCUM = "http://unitsofmeasure.org"
 PTH_UNITS = {"pg/mL": 1.0, "ng/L": 1.0, "pmol/L": 9.43}

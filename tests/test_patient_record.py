@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from cds_service.patient_record import build_record
+from cds_service.clinical.record_builder import build_record
 
 PID = "p1"
 NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
@@ -358,7 +358,7 @@ def test_single_dose_steroids_do_not_count_but_courses_do(knowledge):
 
 def test_orders_of_no_risk_class_are_not_validated(knowledge, monkeypatch):
     """Most orders on a chart match no rule: they are skipped before fhir.resources runs."""
-    import cds_service.fhir_read as fhir_read
+    import cds_service.fhir.read as fhir_read
 
     validated = []
     real = fhir_read.validate
@@ -370,7 +370,7 @@ def test_orders_of_no_risk_class_are_not_validated(knowledge, monkeypatch):
 
 
 def test_the_same_content_is_validated_once_and_judged_the_same_again(knowledge, monkeypatch):
-    import cds_service.fhir_read as fhir_read
+    import cds_service.fhir.read as fhir_read
 
     validated = []
     real = fhir_read.validate

@@ -14,9 +14,9 @@ import orjson
 import population  # conftest puts fixtures/ on sys.path
 import pytest
 
-from cds_service.assessment import assess
+from cds_service.clinical.assessment import assess
+from cds_service.clinical.record_builder import build_record
 from cds_service.knowledge import load_knowledge
-from cds_service.patient_record import build_record
 
 SEED = 7
 NOISE = 50  # times the default noise rates, so that a small export has some of each kind

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from cds_service.prefetch import gather
-from cds_service.services import patient_searches, prefetch_templates
+from cds_service.cdshooks.services import patient_searches, prefetch_templates
+from cds_service.fhir.prefetch import gather
 
 NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
 
@@ -89,7 +89,7 @@ class NoServer(Recorder):
     """Like prefetch-only operation: required keys cannot be had, optional ones are skipped."""
 
     def fetch(self, request, keys, now, deadline, stats, optional=frozenset()):
-        from cds_service.prefetch import NoFetcher
+        from cds_service.fhir.prefetch import NoFetcher
 
         self.keys += keys
         return NoFetcher().fetch(request, keys, now, deadline, stats, optional)

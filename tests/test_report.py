@@ -15,11 +15,11 @@ from click.testing import CliRunner
 from conftest import ANCHOR, FIXTURES, ROOT
 from feedback_history import COMMENT_ONLY, REASON_SYSTEM, generate_history, shown_card
 
-from cds_service.app import create_app
 from cds_service.cli import main
-from cds_service.config import Settings
 from cds_service.feedback.submit import submit_feedback
 from cds_service.feedback.validation import FeedbackEntry
+from cds_service.ops.config import Settings
+from cds_service.web.app import create_app
 
 COMMAND = ROOT / ".venv" / "bin" / "cds-service"
 FIELDS = ("shown", "accepted", "overridden", "ignored")

@@ -27,13 +27,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from cds_service.app import create_app
+from cds_service.auth.jwks import KeyNotFound, KeySets
+from cds_service.auth.replay import ReplayCache
+from cds_service.auth.verifier import ClientAuthentication
 from cds_service.cli import main
-from cds_service.config import ConfigError, Settings, TrustedClient, load_settings
 from cds_service.errors import AuthenticationRequired
-from cds_service.jwks import KeyNotFound, KeySets
-from cds_service.replay import ReplayCache
-from cds_service.security import ClientAuthentication
+from cds_service.ops.config import ConfigError, Settings, TrustedClient, load_settings
+from cds_service.web.app import create_app
 
 EHR = "https://ehr.example.org"
 SANDBOX = "https://sandbox.cds-hooks.org"

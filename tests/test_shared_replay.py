@@ -7,11 +7,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from cds_service.config import Settings
-from cds_service.feedback.store import FeedbackStore
-from cds_service.replay import ReplayCache
-from cds_service.security import replay_cache
-from cds_service.shared_replay import SharedReplayCache
+from cds_service.auth.replay import ReplayCache
+from cds_service.auth.shared_replay import SharedReplayCache
+from cds_service.auth.verifier import replay_cache
+from cds_service.ops.config import Settings
+from cds_service.store.store import FeedbackStore
 
 EHR = "https://ehr.example.org"
 

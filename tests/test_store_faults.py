@@ -20,10 +20,10 @@ from conftest import ANCHOR
 from test_bad_input import PATIENT_VIEW, REFERENCE_SUMMARY, patient_view
 from test_security import BASE, CLIENTS, bearer, token, write_config
 
-from cds_service.app import create_app
-from cds_service.config import load_settings
-from cds_service.feedback.store import FeedbackStore
-from cds_service.store_guard import StoreGuard, StoreSkipped
+from cds_service.ops.config import load_settings
+from cds_service.store.guard import StoreGuard, StoreSkipped
+from cds_service.store.store import FeedbackStore
+from cds_service.web.app import create_app
 
 # Outcomes are tested here, not deadlines: no 503 from a slow test machine (a locked store still
 # answers 503 within its 0.25 s busy timeout).
@@ -212,7 +212,7 @@ def test_feedback_before_the_cards_record_is_accepted_and_reconciled(tmp_path):
     for result in held:
         app.extensions["feedback"].recorder(result)
     assert app.extensions["feedback"].recorder.flush(10)
-    from cds_service.feedback.schema import card_feedback, early_feedback
+    from cds_service.store.schema import card_feedback, early_feedback
     assert store.count(card_feedback) == 1 and store.count(early_feedback) == 0
 
 
@@ -270,7 +270,7 @@ def test_feedback_while_its_store_is_locked_is_503_with_retry_after(tmp_path):
 
 
 def test_minted_card_ids_verify_only_for_their_service():
-    from cds_service.card_ids import CardIds
+    from cds_service.cards.ids import CardIds
 
     ids = CardIds(b"k" * 32)
     minted = ids.mint("calciphylaxis-order-sign")

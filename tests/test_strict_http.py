@@ -9,7 +9,7 @@ import json
 import pytest
 from test_bad_input import PATIENT_VIEW, assert_outcome, assert_still_serves, patient_view
 
-from cds_service.header_limits import MAX_FIELD_BYTES, MAX_TOTAL_BYTES
+from cds_service.web.header_limits import MAX_FIELD_BYTES, MAX_TOTAL_BYTES
 
 
 def test_a_second_context_does_not_silently_replace_the_patient(client):

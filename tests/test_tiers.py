@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from test_assessment import NOW, calcium, condition, days_ago, lab, medication, on_dialysis
 
-from cds_service.assessment import assess
-from cds_service.record import LabResult, PatientRecord
+from cds_service.clinical.assessment import assess
+from cds_service.clinical.record import LabResult, PatientRecord
 
 WARFARIN = ("vitamin_k_antagonist", "warfarin")
 BINDER = ("calcium_binder", "calcium acetate")
@@ -157,7 +157,7 @@ def test_no_binder_swap_with_low_phosphate_and_none_already_taken(knowledge):
 
 
 def test_advice_gates_reach_the_card(knowledge):
-    from cds_service.cards import CardTemplates, CardWriter
+    from cds_service.cards.writer import CardTemplates, CardWriter
 
     writer = CardWriter(knowledge, CardTemplates.load())
     aps = condition("doac_contraindication", "D68.61", also=("hypercoagulable",))

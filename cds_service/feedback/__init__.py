@@ -7,6 +7,6 @@ background) and the feedback route.
 
 from __future__ import annotations
 
-from .setup import init_feedback
+from cds_service.feedback.setup import init_feedback
 
 __all__ = ["init_feedback"]

@@ -26,9 +26,9 @@ from pathlib import Path
 import sqlalchemy as sa
 from prometheus_client import Counter
 
-from ..hooks import HookResult
-from ..privacy import pseudonym
-from .store import FeedbackStore, ShownCard, StoreUnavailable, is_store_down
+from cds_service.cdshooks.engine import HookResult
+from cds_service.ops.privacy import pseudonym
+from cds_service.store.store import FeedbackStore, ShownCard, StoreUnavailable, is_store_down
 
 log = logging.getLogger("cds_service.feedback")
 

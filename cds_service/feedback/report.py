@@ -15,8 +15,8 @@ from datetime import date, datetime
 
 import sqlalchemy as sa
 
-from .schema import card_feedback, early_feedback, issued_card, issued_card_rule
-from .store import FeedbackStore
+from cds_service.store.schema import card_feedback, early_feedback, issued_card, issued_card_rule
+from cds_service.store.store import FeedbackStore
 
 OUTCOMES = ("accepted", "overridden", "ignored")
 COMMENT_ONLY = "(comment only)"  # overrides that gave a userComment and no reason Coding

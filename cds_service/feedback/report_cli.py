@@ -5,10 +5,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ..config import Settings
-from .report import build_report
-from .report_render import render_html, render_json, render_text
-from .store import DEFAULT_DATABASE_FILE, FeedbackStore, StoreUnavailable, database_url
+from cds_service.feedback.report import build_report
+from cds_service.feedback.report_render import render_html, render_json, render_text
+from cds_service.ops.config import Settings
+from cds_service.store.store import (
+    DEFAULT_DATABASE_FILE,
+    FeedbackStore,
+    StoreUnavailable,
+    database_url,
+)
 
 RENDERERS = {"text": render_text, "json": render_json, "html": render_html}
 # Rules that are not factors of the knowledge base.
@@ -21,7 +26,7 @@ class ReportError(Exception):
 
 
 def rule_labels(settings: Settings) -> dict[str, str]:
-    from ..knowledge import load_knowledge
+    from cds_service.knowledge import load_knowledge
 
     try:
         factors = load_knowledge(settings.knowledge_dir).factors

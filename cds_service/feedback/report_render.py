@@ -12,7 +12,7 @@ import io
 import orjson
 from jinja2 import Environment, select_autoescape
 
-from .report import Counts, Report
+from cds_service.feedback.report import Counts, Report
 
 COLUMNS = ("shown", "accepted", "overridden", "ignored")
 TIERS = ("critical", "warning", "info")

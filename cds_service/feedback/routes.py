@@ -10,14 +10,14 @@ import orjson
 from flask import Blueprint, Response, g
 from prometheus_client import Counter
 
-from ..card_ids import CardIds
-from ..errors import UnknownService
-from ..request_body import decode_json_body  # the hook calls' body rules (415, 413, 400)
-from ..services import SERVICES
-from ..store_guard import StoreGuard, StoreSkipped
-from .store import FeedbackStore, StoreUnavailable
-from .submit import submit_feedback
-from .validation import FeedbackInvalid, parse_feedback
+from cds_service.cards.ids import CardIds
+from cds_service.cdshooks.services import SERVICES
+from cds_service.errors import UnknownService
+from cds_service.feedback.submit import submit_feedback
+from cds_service.feedback.validation import FeedbackInvalid, parse_feedback
+from cds_service.store.guard import StoreGuard, StoreSkipped
+from cds_service.store.store import FeedbackStore, StoreUnavailable
+from cds_service.web.body import decode_json_body  # the hook calls' body rules (415, 413, 400)
 
 FEEDBACK = Counter("cds_feedback_reports_total", "Feedback reports received",
                    ["service", "result"])  # stored | duplicate | invalid | unavailable

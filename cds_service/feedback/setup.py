@@ -10,11 +10,11 @@ from datetime import datetime
 
 from flask import Flask
 
-from ..card_ids import CardIds
-from ..config import Settings
-from .recorder import CardRecorder, record_hash_key
-from .routes import feedback_blueprint
-from .store import FeedbackStore, StoreUnavailable, database_url
+from cds_service.cards.ids import CardIds
+from cds_service.feedback.recorder import CardRecorder, record_hash_key
+from cds_service.feedback.routes import feedback_blueprint
+from cds_service.ops.config import Settings
+from cds_service.store.store import FeedbackStore, StoreUnavailable, database_url
 
 log = logging.getLogger("cds_service.feedback")
 

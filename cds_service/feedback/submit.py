@@ -14,10 +14,10 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from ..card_ids import CardIds
-from ..services import SERVICES
-from .store import FeedbackStore, StoreUnavailable, is_store_down
-from .validation import FeedbackEntry, check_against_cards
+from cds_service.cards.ids import CardIds
+from cds_service.cdshooks.services import SERVICES
+from cds_service.feedback.validation import FeedbackEntry, check_against_cards
+from cds_service.store.store import FeedbackStore, StoreUnavailable, is_store_down
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ..errors import BadRequest
-from .store import KnownCard
+from cds_service.errors import BadRequest
+from cds_service.store.store import KnownCard
 
 MAX_ENTRIES = 1000
 MAX_ID_LENGTH = 64  # card and suggestion uuids (ours are 36 characters)

@@ -6,8 +6,8 @@ of a code system, `wording` reads negation and suspicion around a diagnosis, `mo
 immutable objects and `loader` builds them at start.
 """
 
-from .loader import KNOWLEDGE_DIR, load_knowledge, load_valueset
-from .model import (
+from cds_service.knowledge.loader import KNOWLEDGE_DIR, load_knowledge, load_valueset
+from cds_service.knowledge.model import (
     ConceptHit,
     ConceptSet,
     Factor,
@@ -19,8 +19,8 @@ from .model import (
     Substitute,
     fold,
 )
-from .terminology import CodeKey, CodeSystems
-from .wording import CONFIRMED, NEGATED, NOT_A_DIAGNOSIS, PRIOR, SUSPECTED
+from cds_service.knowledge.terminology import CodeKey, CodeSystems
+from cds_service.knowledge.wording import CONFIRMED, NEGATED, NOT_A_DIAGNOSIS, PRIOR, SUSPECTED
 
 __all__ = [
     "CONFIRMED", "KNOWLEDGE_DIR", "NEGATED", "NOT_A_DIAGNOSIS", "PRIOR", "SUSPECTED", "CodeKey",

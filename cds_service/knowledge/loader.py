@@ -6,7 +6,7 @@ import json
 import tomllib
 from pathlib import Path
 
-from .model import (
+from cds_service.knowledge.model import (
     ConceptIndex,
     ConceptSet,
     Factor,
@@ -26,8 +26,8 @@ from .model import (
     phrase_body,
     phrase_pattern,
 )
-from .terminology import CodeKey, CodeSystems
-from .wording import Wording
+from cds_service.knowledge.terminology import CodeKey, CodeSystems
+from cds_service.knowledge.wording import Wording
 
 KNOWLEDGE_DIR = Path(__file__).parent
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from types import MappingProxyType
 
-from .terminology import CodeKey, CodeSystems
-from .wording import CONFIRMED, NEGATED, NOT_A_DIAGNOSIS, Wording
+from cds_service.knowledge.terminology import CodeKey, CodeSystems
+from cds_service.knowledge.wording import CONFIRMED, NEGATED, NOT_A_DIAGNOSIS, Wording
 
 Codings = tuple[tuple[str, str, str], ...]  # canonical (system, code, display)
 # Distinct (codings, text) pairs whose verdict is remembered per process. Matching is pure (the

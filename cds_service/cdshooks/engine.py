@@ -1,0 +1,75 @@
+"""One hook call, end to end: request -> patient data -> record -> assessment -> cards.
+
+The same path serves the HTTP API and `cds-service evaluate`; it reads no clock but the
+monotonic one that bounds FHIR fetching, and no global.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from cds_service.cards.writer import CardWriter, IssuedCard
+from cds_service.cdshooks.request import HookRequest, parse_request
+from cds_service.cdshooks.services import SERVICES, Service, patient_searches
+from cds_service.clinical.assessment import Assessment, assess
+from cds_service.clinical.record import PatientRecord
+from cds_service.clinical.record_builder import build_record
+from cds_service.fhir.client import ANSWER_MARGIN_SECONDS, FetchStats
+from cds_service.fhir.prefetch import Fetcher, NoFetcher, gather
+from cds_service.knowledge import Knowledge
+
+
+@dataclass(frozen=True)
+class HookResult:
+    request: HookRequest
+    response: dict
+    issued: list[IssuedCard]
+
+
+class HookEngine:
+    def __init__(self, knowledge: Knowledge, writer: CardWriter, fetcher: Fetcher | None = None,
+                 deadline_seconds: float = 1.5):
+        self.knowledge = knowledge
+        self.writer = writer
+        self.fetcher = fetcher or NoFetcher()
+        self.deadline_seconds = deadline_seconds
+        self.searches = patient_searches(knowledge)
+
+    def record_for(self, request: HookRequest, now: datetime,
+                   stats: FetchStats | None = None) -> PatientRecord:
+        deadline = time.monotonic() + self.deadline_seconds - ANSWER_MARGIN_SECONDS
+        data = gather(request, self.searches, self.fetcher, now, deadline, stats or FetchStats())
+        return build_record(self.knowledge, request.patient_id, data.resources,
+                            request.draft_orders, tuple(data.known_empty), as_of=now,
+                            unavailable=tuple(data.unavailable))
+
+    def assess(self, request: HookRequest, now: datetime,
+               stats: FetchStats | None = None) -> tuple[PatientRecord, Assessment]:
+        record = self.record_for(request, now, stats)
+        return record, assess(record, self.knowledge, now, request.selections)
+
+    def cards(self, request: HookRequest, assessment: Assessment) -> list[IssuedCard]:
+        if request.service.hook == "patient-view":
+            return self.writer.patient_view(assessment)
+        return self.writer.order_cards(assessment, request.patient_id)
+
+    def run(self, service: Service, body: Any, now: datetime, *, client_iss: str | None = None,
+            stats: FetchStats | None = None) -> HookResult:
+        """Answer a decoded request body; also says which cards were issued and why."""
+        request = dataclasses.replace(parse_request(service, body), client_iss=client_iss)
+        _record, assessment = self.assess(request, now, stats)
+        issued = self.cards(request, assessment)
+        return HookResult(request, {"cards": [c.card for c in issued]}, issued)
+
+    def call(self, service: Service, body: Any, now: datetime, *, client_iss: str | None = None,
+             stats: FetchStats | None = None) -> dict:
+        """The CDS Hooks response for a decoded request body."""
+        return self.run(service, body, now, client_iss=client_iss, stats=stats).response
+
+
+def service_for_hook(hook: str) -> Service | None:
+    return next((s for s in SERVICES.values() if s.hook == hook), None)

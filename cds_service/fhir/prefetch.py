@@ -1,0 +1,123 @@
+"""The four prefetch states of each declared key (cds-hooks.md P4-P7).
+
+absent or OperationOutcome -> fetch it from fhirServer (P4, P7); `null` -> known empty, no query
+(P5); a resource or searchset Bundle -> use it, fetching further pages if it is paged (P6). What
+cannot be had is DataUnavailable (P9, 412). Complete prefetch makes no FHIR call at all (P10).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from cds_service.cdshooks.request import HookRequest
+from cds_service.cdshooks.services import PatientSearch
+from cds_service.errors import DataUnavailable
+from cds_service.fhir.dates import parse_instant, raw_period_end
+from cds_service.fhir.read import bundle_resources, unresolved_medications
+
+
+@dataclass
+class PatientData:
+    resources: list[dict] = field(default_factory=list)
+    known_empty: list[str] = field(default_factory=list)
+    fetched: list[str] = field(default_factory=list)
+    # Optional keys neither sent nor readable: the assessment went on without them.
+    unavailable: list[str] = field(default_factory=list)
+
+
+class Fetcher(Protocol):
+    def fetch(self, request: HookRequest, keys: list[str], now: datetime, deadline: float,
+              stats, optional: frozenset[str] = frozenset()) -> dict[str, list[dict]]:
+        """Resources for each key; raise DataUnavailable when a key not in `optional` cannot be
+        had. Optional keys that cannot be had are left out of the answer."""
+
+    def read(self, request: HookRequest, references: list[str], deadline: float,
+             stats) -> list[dict]:
+        """Referenced resources that could be read in time."""
+
+
+class NoFetcher:
+    """Prefetch only: anything missing makes the call unanswerable."""
+
+    def fetch(self, request, keys, now, deadline, stats, optional=frozenset()):
+        required = [k for k in keys if k not in optional]
+        if required:
+            raise DataUnavailable("prefetch is missing " + ", ".join(required) + " and this "
+                                  "service does not query FHIR servers; send the prefetch from "
+                                  "discovery")
+        return {}
+
+    def read(self, request, references, deadline, stats):
+        return []
+
+
+def _has_next_page(bundle: dict) -> bool:
+    links = bundle.get("link")
+    return isinstance(links, list) and any(
+        isinstance(link, dict) and link.get("relation") == "next" for link in links)
+
+
+def _when(resource: dict) -> datetime | None:
+    return (raw_period_end(resource.get("period")) or parse_instant(
+        resource.get("effectiveDateTime")) or raw_period_end(resource.get("effectivePeriod")))
+
+
+def _first_page_suffices(search: PatientSearch, bundle: dict, now: datetime) -> bool:
+    """A paged search sorted newest first whose first page already reaches past the window the
+    rules read holds everything they need: its later pages are not fetched."""
+    if not search.sort_template or search.window_days is None:
+        return False
+    dates = [_when(r) for r in bundle_resources(bundle)]
+    if not dates or any(d is None for d in dates) or dates != sorted(dates, reverse=True):
+        return False
+    return dates[-1] < now - timedelta(days=search.window_days)
+
+
+def gather(request: HookRequest, searches: tuple[PatientSearch, ...], fetcher: Fetcher,
+           now: datetime, deadline: float, stats) -> PatientData:
+    data = PatientData()
+    to_fetch = []
+    declared = {search.key for search in searches}
+    # Resources a client sent under keys of its own naming are read too (by their type).
+    elsewhere: set[str] = set()
+    for key, value in request.prefetch.items():
+        if key not in declared and isinstance(value, dict):
+            found = bundle_resources(value)
+            data.resources += found
+            elsewhere |= {r.get("resourceType") for r in found}
+    for search in searches:
+        key = search.key
+        value = request.prefetch.get(key, ...)
+        if value is ... and search.resource_type in elsewhere:
+            continue  # sent, under another name
+        if value is ...:
+            to_fetch.append(key)
+        elif value is None:
+            data.known_empty.append(key)
+        elif value.get("resourceType") == "OperationOutcome":
+            to_fetch.append(key)
+        elif (value.get("resourceType") == "Bundle" and _has_next_page(value)
+              and not _first_page_suffices(search, value, now)):
+            # A paged prefetch holds only its first page: the fetch reads the whole search.
+            to_fetch.append(key)
+        else:
+            data.resources += bundle_resources(value)
+    started = time.perf_counter()
+    if to_fetch:
+        optional = frozenset(s.key for s in searches if s.optional)
+        try:
+            got = fetcher.fetch(request, to_fetch, now, deadline, stats, optional)
+        finally:
+            stats.fetch_seconds += time.perf_counter() - started
+        for resources in got.values():
+            data.resources += resources
+        data.fetched = list(got)
+        data.unavailable = [key for key in to_fetch if key not in got]
+    missing = unresolved_medications(data.resources + request.draft_orders)
+    if missing and time.monotonic() < deadline:
+        data.resources += fetcher.read(request, missing, deadline, stats)
+        stats.fetch_seconds += time.perf_counter() - started
+    return data
