@@ -25,9 +25,9 @@ def main() -> None:
     from gunicorn.app.base import BaseApplication
     from prometheus_client import multiprocess
 
+    from cds_service.bootstrap import create_app
     from cds_service.ops.config import Settings
     from cds_service.ops.observability import json_logging
-    from cds_service.web.app import create_app
 
     json_logging()
 

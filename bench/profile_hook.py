@@ -28,8 +28,8 @@ from pathlib import Path
 from requests_builder import HOOKS, ROOT, hook_cases
 
 sys.path.insert(0, str(ROOT))
+from cds_service.bootstrap import create_app  # noqa: E402
 from cds_service.ops.config import Settings  # noqa: E402
-from cds_service.web.app import create_app  # noqa: E402
 
 ANCHOR = datetime.fromisoformat(
     json.loads((ROOT / "fixtures" / "manifest.json").read_text())["anchor"].replace("Z", "+00:00")

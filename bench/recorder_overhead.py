@@ -30,14 +30,15 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def listener_alone(app, calls: int) -> dict:
+    from cds_service.bootstrap import service_of
     from cds_service.cdshooks.services import SERVICES
     from cds_service.feedback.recorder import CardRecorder
 
-    engine = app.extensions["hook_engine"]
+    engine = service_of(app).engine
     body = json.loads(REQUEST.read_text())
     anchor = datetime(2026, 11, 20, 12, tzinfo=UTC)
     result = engine.run(SERVICES["calciphylaxis-patient-view"], body, anchor)
-    recorder = CardRecorder(app.extensions["feedback"].store, b"bench", capacity=calls + 1)
+    recorder = CardRecorder(service_of(app).feedback.store, b"bench", capacity=calls + 1)
     recorder(result)  # start the writer thread
     recorder.flush()
     samples = []
@@ -56,10 +57,12 @@ def listener_alone(app, calls: int) -> dict:
 
 
 def patient_view(app, requests: int, rounds: int = 8) -> dict:
+    from cds_service.bootstrap import service_of
+
     client = app.test_client()
     body = json.loads(REQUEST.read_text())
     url = "/cds-services/calciphylaxis-patient-view"
-    listeners = app.extensions["cards_issued_listeners"]
+    listeners = service_of(app).parts.on_cards_issued
     recorder = listeners[0]
     for _ in range(50):  # warm up
         assert client.post(url, json=body).status_code == 200
@@ -82,8 +85,8 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=20_000)
     parser.add_argument("--requests", type=int, default=800)
     args = parser.parse_args()
+    from cds_service.bootstrap import create_app, service_of
     from cds_service.ops.config import Settings
-    from cds_service.web.app import create_app
 
     with tempfile.TemporaryDirectory() as folder:
         app = create_app(Settings(instance_dir=Path(folder)))
@@ -98,7 +101,7 @@ def main() -> None:
             v = view[mode]
             print(f"patient-view {mode:>7} recorder: p50 {v['p50_ms']:.2f} ms, "
                   f"p95 {v['p95_ms']:.2f} ms, mean {v['mean_ms']:.2f} ms (n={v['n']})")
-        app.extensions["feedback"].recorder.close()
+        service_of(app).feedback.recorder.close()
 
 
 if __name__ == "__main__":

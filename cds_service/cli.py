@@ -47,8 +47,14 @@ def serve(host: str | None, port: int | None, config_path: str | None,
         logging.getLogger("cds_service").warning(
             "DEVELOPMENT MODE: no configuration file; listening on loopback only, "
             "client authentication off")
+    def build_app():
+        from cds_service.bootstrap import build
+
+        service = build(settings)
+        return service.app, service.on_worker_exit
+
     try:
-        run_server(settings, host or settings.host, port or settings.port,
+        run_server(build_app, settings, host or settings.host, port or settings.port,
                    workers or settings.workers)
     except ConfigError as exc:  # e.g. production mode without public_base_url
         raise click.ClickException(str(exc)) from exc
@@ -89,9 +95,8 @@ def _print_cards(response: dict) -> None:
 def evaluate(request_file: str, now_text: str | None, as_json: bool,
              config_path: str | None) -> None:
     """Print the cards a CDS Hooks request file produces (no server needed)."""
-    from cds_service.cards.writer import CardTemplates, CardWriter
-    from cds_service.cdshooks.engine import HookEngine, service_for_hook
-    from cds_service.knowledge import load_knowledge
+    from cds_service.bootstrap import create_engine
+    from cds_service.cdshooks.engine import service_for_hook
 
     try:
         settings = load_settings(config_path) if config_path else Settings()
@@ -117,8 +122,7 @@ def evaluate(request_file: str, now_text: str | None, as_json: bool,
     service = service_for_hook(body.get("hook", "") if isinstance(body, dict) else "")
     if service is None:
         raise click.ClickException("the request's hook is not one this service serves")
-    knowledge = load_knowledge(settings.knowledge_dir)
-    engine = HookEngine(knowledge, CardWriter(knowledge, CardTemplates.load(settings.cards_dir)))
+    engine = create_engine(settings)
     try:
         response = engine.call(service, body, now)
     except ServiceError as exc:

@@ -9,11 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from cds_service.cards.writer import CardTemplates, CardWriter
-from cds_service.cdshooks.engine import HookEngine
+from cds_service.bootstrap import create_app, create_engine
 from cds_service.knowledge import load_knowledge
 from cds_service.ops.config import Settings
-from cds_service.web.app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
@@ -41,8 +39,9 @@ def knowledge():
 
 
 @pytest.fixture(scope="session")
-def engine(knowledge):
-    return HookEngine(knowledge, CardWriter(knowledge, CardTemplates.load()))
+def engine():
+    """The hook path without Flask, prefetch only: built by the one wiring point."""
+    return create_engine()
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,8 @@ def post_feedback(database_url: str, instance_dir: str, service_id: str, entries
                   threads: int, seed: int) -> dict:
     """Post every entry, in a shuffled order and in batches of 1 to 4, from `threads` threads
     of one app; returns the status codes and the stored/duplicates totals."""
+    from cds_service.bootstrap import create_app, service_of
     from cds_service.ops.config import Settings
-    from cds_service.web.app import create_app
 
     # Eight writers at once wait on each other's locks: allow them more than production's 50 ms.
     app = create_app(Settings(database_url=database_url, instance_dir=Path(instance_dir),
@@ -49,6 +49,6 @@ def post_feedback(database_url: str, instance_dir: str, service_id: str, entries
         worker.start()
     for worker in workers:
         worker.join()
-    app.extensions["feedback"].recorder.close()
-    app.extensions["feedback"].store.dispose()
+    service_of(app).feedback.recorder.close()
+    service_of(app).feedback.store.dispose()
     return dict(totals)

@@ -23,9 +23,9 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
+from cds_service.bootstrap import create_app
 from cds_service.ops import server
 from cds_service.ops.config import Settings, load_settings
-from cds_service.web.app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"

@@ -13,9 +13,9 @@ import pytest
 import sqlalchemy as sa
 from conftest import ANCHOR, FIXTURES
 
+from cds_service.bootstrap import create_app, service_of
 from cds_service.ops.config import Settings
 from cds_service.store.schema import card_feedback, issued_card
-from cds_service.web.app import create_app
 
 ORDER_SIGN = "calciphylaxis-order-sign"
 PATIENT_VIEW = "calciphylaxis-patient-view"
@@ -38,8 +38,8 @@ def feedback_app(request, tmp_path_factory):
                                   database_url=url, feedback_store_timeout_seconds=5.0),
                          clock=lambda: ANCHOR)
         yield app
-        app.extensions["feedback"].recorder.close()
-        app.extensions["feedback"].store.dispose()
+        service_of(app).feedback.recorder.close()
+        service_of(app).feedback.store.dispose()
 
 
 @pytest.fixture()
@@ -49,7 +49,7 @@ def client(feedback_app):
 
 @pytest.fixture()
 def store(feedback_app):
-    return feedback_app.extensions["feedback"].store
+    return service_of(feedback_app).feedback.store
 
 
 def show_card(client, name: str = "reference-order-sign", *, recorded: bool = True) -> dict:
@@ -62,7 +62,7 @@ def show_card(client, name: str = "reference-order-sign", *, recorded: bool = Tr
     assert response.status_code == 200
     [card] = response.get_json()["cards"]
     if recorded:
-        assert client.application.extensions["feedback"].recorder.flush(10)
+        assert service_of(client.application).feedback.recorder.flush(10)
     return card
 
 
@@ -105,7 +105,7 @@ def test_accepting_a_suggestion_of_a_card_just_shown_is_stored(client, store):
     response = post(client, [accepted(card, suggestion=1)])
     assert response.status_code == 200, response.get_json()
     # Accepted at once; moved in with the record, which comes within a second.
-    assert client.application.extensions["feedback"].recorder.flush(10)
+    assert service_of(client.application).feedback.recorder.flush(10)
     assert response.get_json() == {"stored": 1, "duplicates": 0}
     [row] = feedback_on(store, card)
     assert row.outcome == "accepted"
@@ -343,7 +343,7 @@ def app_without_store(tmp_path_factory):
                      clock=lambda: ANCHOR)
     app.config["start_seconds"] = time.perf_counter() - started
     yield app
-    app.extensions["feedback"].recorder.close(timeout=0.1)
+    service_of(app).feedback.recorder.close(timeout=0.1)
 
 
 def test_with_the_store_down_the_service_starts_and_hook_calls_return_their_cards_quickly(
@@ -374,7 +374,7 @@ def test_with_the_store_down_feedback_is_503(app_without_store):
 
 def test_every_card_shown_is_recorded(client, store):
     card = show_card(client)
-    client.application.extensions["feedback"].recorder.flush(10)
+    service_of(client.application).feedback.recorder.flush(10)
     with store.read() as connection:
         row = connection.execute(sa.select(issued_card).where(
             issued_card.c.card_uuid == card["uuid"])).one()

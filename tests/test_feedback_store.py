@@ -304,8 +304,8 @@ def test_closing_the_recorder_does_not_wait_for_the_writers_poll(store):
 def test_the_pseudonym_key_can_live_outside_the_instance_folder(tmp_path, monkeypatch):
     """Issue 12: a copy of instance/ (database and key together) allowed re-identification by
     trying patient ids. A key file (or the environment) keeps the key elsewhere."""
+    from cds_service.bootstrap import create_app
     from cds_service.ops.config import ConfigError, load_settings
-    from cds_service.web.app import create_app
 
     secrets_dir = tmp_path / "secrets"
     secrets_dir.mkdir()

@@ -13,9 +13,9 @@ import pytest
 from conftest import ANCHOR, FIXTURES, MANIFEST
 from fhir_server import TOKEN, SekmetServer
 
-from cds_service.cdshooks.services import PREFETCH
+from cds_service.bootstrap import create_app, create_engine, service_of
+from cds_service.fhir.searches import PREFETCH
 from cds_service.ops.config import Settings, TrustedClient
-from cds_service.web.app import create_app
 
 SERVICE_OF_HOOK = {"patient-view": "calciphylaxis-patient-view",
                    "order-select": "calciphylaxis-order-select",
@@ -117,9 +117,10 @@ def test_paged_results_are_all_read(fhir_server):
     """With two results a page, the reference patient's four labs span two pages."""
     from cds_service.fhir.client import FhirFetcher
 
-    app = create_app(Settings(fhir_deadline_seconds=5.0), clock=lambda: ANCHOR)
-    engine = app.extensions["hook_engine"]
-    engine.fetcher = FhirFetcher(app.config["SETTINGS"], engine.knowledge, page_size=2)
+    settings = Settings(fhir_deadline_seconds=5.0)
+    engine = create_engine(settings)
+    engine.fetcher = FhirFetcher(settings, engine.knowledge, page_size=2)
+    app = create_app(settings, clock=lambda: ANCHOR, engine=engine)
     case = next(c for c in CASES if c["name"] == "reference-patient-view")
     full = _request(case, fhir_server)
     expected = _comparable(_post(app.test_client(), case, full))
@@ -149,7 +150,7 @@ def test_unlisted_fhir_server_is_never_contacted(fhir_server):
         iss="https://ehr.example.org", jwks={"keys": []},
         fhir_servers=("https://fhir.example.org/r4",)),))
     app = create_app(settings, clock=lambda: ANCHOR)
-    engine = app.extensions["hook_engine"]
+    engine = service_of(app).engine
     case = next(c for c in CASES if c["name"] == "reference-patient-view")
     body = _request(case, fhir_server)
     del body["prefetch"]["observations"]

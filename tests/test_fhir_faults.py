@@ -12,8 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from conftest import ANCHOR, FIXTURES
 
+from cds_service.bootstrap import create_app
 from cds_service.ops.config import Settings
-from cds_service.web.app import create_app
 
 DEADLINE = 0.6
 HITS: Counter = Counter()

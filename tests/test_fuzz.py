@@ -32,12 +32,13 @@ from schemathesis.specs.openapi.checks import (
     unsupported_method,
 )
 
+from cds_service.bootstrap import create_app, service_of
 from cds_service.cdshooks.request import HookRequest, parse_request
-from cds_service.cdshooks.services import PREFETCH, SERVICES
+from cds_service.cdshooks.services import SERVICES
 from cds_service.errors import DataUnavailable, ServiceError
 from cds_service.fhir.nesting import MAX_JSON_DEPTH
+from cds_service.fhir.searches import PREFETCH
 from cds_service.ops.config import Settings, load_settings
-from cds_service.web.app import create_app
 
 REFERENCE = json.loads((FIXTURES / "requests" / "reference-patient-view.json").read_text())
 ORDER_SIGN = SERVICES["calciphylaxis-order-sign"]
@@ -90,7 +91,7 @@ def _app(settings: Settings):
     # Built at import: schemathesis reads the OpenAPI document from it to generate the tests.
     app = create_app(settings, clock=lambda: ANCHOR)
     app.config["TESTING"] = True
-    app.extensions["hook_engine"].fetcher = RecordingFetcher()
+    service_of(app).engine.fetcher = RecordingFetcher()
     return app
 
 
@@ -288,7 +289,7 @@ def test_the_parser_accepts_or_rejects_with_400_and_nothing_else(body):
 @FAST
 @given(body=hook_bodies())
 def test_the_engine_answers_or_raises_a_service_error_for_junk(fuzz_app, body):
-    engine = fuzz_app.extensions["hook_engine"]
+    engine = service_of(fuzz_app).engine
     for service in SERVICES.values():
         try:
             response = engine.call(service, body, ANCHOR)
@@ -303,7 +304,7 @@ def test_the_engine_answers_or_raises_a_service_error_for_junk(fuzz_app, body):
     st.sampled_from(list(PREFETCH)), PREFETCH_VALUE, max_size=3))
 def test_the_assessment_survives_junk_beside_a_real_chart(fuzz_app, orders, prefetch):
     """The reference chart (a true warning) with junk draft orders and junk prefetch keys."""
-    engine = fuzz_app.extensions["hook_engine"]
+    engine = service_of(fuzz_app).engine
     try:
         response = engine.call(ORDER_SIGN, _valid_order_sign_body(orders, prefetch), ANCHOR)
     except ServiceError as exc:
@@ -369,7 +370,7 @@ def test_deep_nesting_anywhere_is_never_a_crash(fuzz_app, place, depth):
     PLACES[place](body, "@DEEP@")
     text = json.dumps(body).replace('"@DEEP@"', nested_text(depth))
     PLACES[place](body, nested(depth))
-    engine = fuzz_app.extensions["hook_engine"]
+    engine = service_of(fuzz_app).engine
     try:  # called directly: an exception here is a bug the HTTP layer would hide
         engine.call(ORDER_SIGN, body, ANCHOR)
     except ServiceError as exc:
@@ -396,7 +397,7 @@ def test_a_malformed_fhir_server_is_a_400(fhir_server):
 
 @pytest.mark.parametrize("junk_type", [["Condition"], {"x": 1}])
 def test_a_junk_resource_type_in_a_bundle_loses_only_that_entry(fuzz_app, junk_type):
-    engine = fuzz_app.extensions["hook_engine"]
+    engine = service_of(fuzz_app).engine
     body = json.loads(json.dumps(REFERENCE))
     assert engine.call(PATIENT_VIEW, body, ANCHOR)["cards"]  # the warning, without junk
     body["prefetch"]["conditions"]["entry"].append({"resource": {"resourceType": junk_type}})

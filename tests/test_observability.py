@@ -40,10 +40,10 @@ def test_health_and_readiness_answer(client):
 def test_readiness_fails_when_a_check_fails(app):
     from flask import Flask
 
-    from cds_service.ops import observability
+    from cds_service.web import health
 
     probe = Flask("probe")
-    observability.init_app(probe, ready_checks={"store": lambda: False})
+    health.init_app(probe, ready_checks={"store": lambda: False}, service_ids=())
     response = probe.test_client().get("/ready")
     assert response.status_code == 503 and response.get_json()["failing"] == ["store"]
 
@@ -74,7 +74,7 @@ def test_metrics_of_several_worker_processes_are_aggregated(tmp_path):
     """Under gunicorn every worker is a process: the multiprocess collector sums them."""
     script = (
         "import json, sys\n"
-        "from cds_service.web.app import create_app\n"
+        "from cds_service.bootstrap import create_app\n"
         "c = create_app().test_client()\n"
         f"body = json.load(open({str(FIXTURES / 'requests' / 'reference-patient-view.json')!r}))\n"
         "assert c.post('/cds-services/calciphylaxis-patient-view', json=body).status_code == 200\n"
@@ -116,8 +116,8 @@ def test_json_log_lines_are_json(capsys):
 
 
 def test_authentication_failures_are_counted(tmp_path):
+    from cds_service.bootstrap import create_app
     from cds_service.ops.config import Settings, TrustedClient
-    from cds_service.web.app import create_app
 
     settings = Settings(
         development=False, public_base_url="http://localhost/", instance_dir=tmp_path,

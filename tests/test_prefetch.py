@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from cds_service.cdshooks.services import patient_searches, prefetch_templates
 from cds_service.fhir.prefetch import gather
+from cds_service.fhir.searches import patient_searches, prefetch_templates
 
 NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
 

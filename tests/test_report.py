@@ -15,11 +15,11 @@ from click.testing import CliRunner
 from conftest import ANCHOR, FIXTURES, ROOT
 from feedback_history import COMMENT_ONLY, REASON_SYSTEM, generate_history, shown_card
 
+from cds_service.bootstrap import create_app, service_of
 from cds_service.cli import main
 from cds_service.feedback.submit import submit_feedback
 from cds_service.feedback.validation import FeedbackEntry
 from cds_service.ops.config import Settings
-from cds_service.web.app import create_app
 
 COMMAND = ROOT / ".venv" / "bin" / "cds-service"
 FIELDS = ("shown", "accepted", "overridden", "ignored")
@@ -140,7 +140,7 @@ def test_serve_and_report_run_from_one_folder_share_the_default_database(tmp_pat
     request = json.loads((FIXTURES / "requests" / "reference-order-sign.json").read_text())
     [card] = app.test_client().post("/cds-services/calciphylaxis-order-sign",
                                     json=request).get_json()["cards"]
-    app.extensions["feedback"].recorder.close()
+    service_of(app).feedback.recorder.close()
     assert (tmp_path / "instance" / "cds.sqlite3").exists()
     done = subprocess.run([str(COMMAND), "report", "--format", "json"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)

@@ -30,10 +30,10 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from cds_service.auth.jwks import KeyNotFound, KeySets
 from cds_service.auth.replay import ReplayCache
 from cds_service.auth.verifier import ClientAuthentication
+from cds_service.bootstrap import create_app, service_of
 from cds_service.cli import main
 from cds_service.errors import AuthenticationRequired
 from cds_service.ops.config import ConfigError, Settings, TrustedClient, load_settings
-from cds_service.web.app import create_app
 
 EHR = "https://ehr.example.org"
 SANDBOX = "https://sandbox.cds-hooks.org"
@@ -141,7 +141,9 @@ def bearer(value: str) -> dict:
 
 
 def auth_of(app) -> ClientAuthentication:
-    return next(f for f in app.before_request_funcs[None] if isinstance(f, ClientAuthentication))
+    authenticate = service_of(app).parts.authenticate
+    assert isinstance(authenticate, ClientAuthentication)
+    return authenticate
 
 
 @pytest.fixture(scope="module")
@@ -305,7 +307,7 @@ def test_valid_rs384_token_gets_cards_from_a_service_call(client):
 
 
 def test_the_service_call_sees_the_verified_issuer(secured_app, client, monkeypatch):
-    engine = secured_app.extensions["hook_engine"]
+    engine = service_of(secured_app).engine
     seen = []
     original = engine.run
 
@@ -321,7 +323,7 @@ def test_the_service_call_sees_the_verified_issuer(secured_app, client, monkeypa
 
 def test_a_service_call_without_a_token_never_reaches_the_engine(secured_app, client,
                                                                  monkeypatch, refusal):
-    engine = secured_app.extensions["hook_engine"]
+    engine = service_of(secured_app).engine
     for method in ("run", "call"):
         monkeypatch.setattr(engine, method, lambda *a, **k: pytest.fail("engine was called"))
     response = client.post(PATIENT_VIEW, json=REFERENCE)

@@ -20,10 +20,10 @@ from conftest import ANCHOR
 from test_bad_input import PATIENT_VIEW, REFERENCE_SUMMARY, patient_view
 from test_security import BASE, CLIENTS, bearer, token, write_config
 
+from cds_service.bootstrap import create_app, service_of
 from cds_service.ops.config import load_settings
 from cds_service.store.guard import StoreGuard, StoreSkipped
 from cds_service.store.store import FeedbackStore
-from cds_service.web.app import create_app
 
 # Outcomes are tested here, not deadlines: no 503 from a slow test machine (a locked store still
 # answers 503 within its 0.25 s busy timeout).
@@ -140,7 +140,7 @@ def test_a_hung_postgresql_is_not_retried_on_every_call(tmp_path):
 def test_the_request_log_includes_the_time_spent_authenticating(tmp_path, caplog):
     """Before: the log's ms= started after authentication, hiding a slow replay store."""
     app = signed_app(tmp_path)
-    verifier = app.before_request_funcs[None][-1].verifier
+    verifier = service_of(app).parts.authenticate.verifier
     inner = verifier.replay.first_use
 
     def slow_first_use(*args):
@@ -198,7 +198,7 @@ def test_feedback_before_the_cards_record_is_accepted_and_reconciled(tmp_path):
     made valid feedback a permanent 400 'not a card this service issued'."""
     app = create_app(load_settings(write_config(tmp_path, CLIENTS, PATIENT)), clock=lambda: ANCHOR)
     client = app.test_client()
-    listeners = app.extensions["cards_issued_listeners"]
+    listeners = service_of(app).parts.on_cards_issued
     held: list = []
     listeners[:] = [held.append]  # the record is "in another worker": not written yet
     card = signed_call(client).get_json()["cards"][0]
@@ -207,11 +207,11 @@ def test_feedback_before_the_cards_record_is_accepted_and_reconciled(tmp_path):
                          headers=bearer(token(aud=BASE + url)))
     assert answer.status_code == 200, answer.get_json()
     assert answer.get_json() == {"stored": 1, "duplicates": 0}
-    store: FeedbackStore = app.extensions["feedback"].store
+    store: FeedbackStore = service_of(app).feedback.store
     # The record comes later (the other worker's queue): the outcome is moved in.
     for result in held:
-        app.extensions["feedback"].recorder(result)
-    assert app.extensions["feedback"].recorder.flush(10)
+        service_of(app).feedback.recorder(result)
+    assert service_of(app).feedback.recorder.flush(10)
     from cds_service.store.schema import card_feedback, early_feedback
     assert store.count(card_feedback) == 1 and store.count(early_feedback) == 0
 
@@ -224,7 +224,7 @@ def test_feedback_for_a_card_whose_record_was_lost_is_kept_and_reported(tmp_path
     config = write_config(tmp_path, CLIENTS, PATIENT)
     app = create_app(load_settings(config), clock=lambda: ANCHOR)
     client = app.test_client()
-    app.extensions["cards_issued_listeners"][:] = []  # a SIGKILL took the record
+    service_of(app).parts.on_cards_issued[:] = []  # a SIGKILL took the record
     card = signed_call(client).get_json()["cards"][0]
     url = PATIENT_VIEW + "/feedback"
     assert client.post(url, json=outcome(card),
@@ -252,7 +252,7 @@ def test_feedback_while_its_store_is_locked_is_503_with_retry_after(tmp_path):
     app = create_app(load_settings(write_config(tmp_path, CLIENTS, PATIENT)), clock=lambda: ANCHOR)
     client = app.test_client()
     card = signed_call(client).get_json()["cards"][0]
-    assert app.extensions["feedback"].recorder.flush(10)
+    assert service_of(app).feedback.recorder.flush(10)
     holder = sqlite3.connect(tmp_path / "instance" / "cds.sqlite3", isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
     try:

@@ -18,7 +18,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import jwt
-from flask import g, request
 from jwt.exceptions import InvalidSignatureError, PyJWTError
 
 from cds_service.auth.jwks import KeyNotFound, KeySets
@@ -226,11 +225,11 @@ def replay_cache(settings: Settings) -> ResilientReplayCache:
     return ResilientReplayCache(stores)
 
 
-def expected_audience(settings: Settings) -> str:
+def expected_audience(settings: Settings, path: str) -> str:
     """The URL the client must have put in `aud`: the configured public base and the path
     called. Never the Host or X-Forwarded-* headers: the caller controls those."""
     assert settings.public_base_url, "ClientAuthentication refuses to start without it"
-    return settings.public_base_url.rstrip("/") + request.path
+    return settings.public_base_url.rstrip("/") + path
 
 
 def is_protected(method: str, path: str) -> bool:
@@ -241,7 +240,7 @@ def is_protected(method: str, path: str) -> bool:
 
 
 class ClientAuthentication:
-    """A Flask `before_request` hook: sets `g.client_iss`, or raises AuthenticationRequired."""
+    """Who is calling: the authenticated EHR's issuer, or AuthenticationRequired."""
 
     def __init__(self, settings: Settings, verifier: ClientVerifier | None = None):
         self.settings = settings
@@ -252,13 +251,13 @@ class ClientAuthentication:
                               "call, which their JWTs must name in aud")
         self.verifier = verifier or (None if settings.development else ClientVerifier(settings))
 
-    def __call__(self) -> None:
-        g.client_iss = None
-        if self.verifier is None or not is_protected(request.method, request.path):
-            return
-        client = self.verifier.verify(request.headers.get("Authorization"),
-                                      expected_audience(self.settings))
-        g.client_iss = client.iss
+    def __call__(self, method: str, path: str, authorization: str | None) -> str | None:
+        """The issuer of a call's valid JWT; None when the call needs none (development mode,
+        preflights, health); AuthenticationRequired otherwise."""
+        if self.verifier is None or not is_protected(method, path):
+            return None
+        client = self.verifier.verify(authorization, expected_audience(self.settings, path))
+        return client.iss
 
 
 def client_authentication(settings: Settings) -> ClientAuthentication:

@@ -14,12 +14,13 @@ from typing import Any
 
 from cds_service.cards.writer import CardWriter, IssuedCard
 from cds_service.cdshooks.request import HookRequest, parse_request
-from cds_service.cdshooks.services import SERVICES, Service, patient_searches
+from cds_service.cdshooks.services import SERVICES, Service
 from cds_service.clinical.assessment import Assessment, assess
 from cds_service.clinical.record import PatientRecord
 from cds_service.clinical.record_builder import build_record
 from cds_service.fhir.client import ANSWER_MARGIN_SECONDS, FetchStats
 from cds_service.fhir.prefetch import Fetcher, NoFetcher, gather
+from cds_service.fhir.searches import patient_searches
 from cds_service.knowledge import Knowledge
 
 

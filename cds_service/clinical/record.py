@@ -10,8 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-Coding = tuple[str, str, str]  # (system, code, display)
-
 
 @dataclass(frozen=True, slots=True)
 class Medication:

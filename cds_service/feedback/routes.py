@@ -7,7 +7,7 @@ from datetime import datetime
 from functools import partial
 
 import orjson
-from flask import Blueprint, Response, g
+from flask import Blueprint, Response
 from prometheus_client import Counter
 
 from cds_service.cards.ids import CardIds
@@ -18,6 +18,7 @@ from cds_service.feedback.validation import FeedbackInvalid, parse_feedback
 from cds_service.store.guard import StoreGuard, StoreSkipped
 from cds_service.store.store import FeedbackStore, StoreUnavailable
 from cds_service.web.body import decode_json_body  # the hook calls' body rules (415, 413, 400)
+from cds_service.web.state import call_state
 
 FEEDBACK = Counter("cds_feedback_reports_total", "Feedback reports received",
                    ["service", "result"])  # stored | duplicate | invalid | unavailable
@@ -46,7 +47,7 @@ def feedback_blueprint(store: FeedbackStore, card_ids: CardIds, clock: Callable[
         entries = parse_feedback(decode_json_body(), now)
         try:
             result = guard.call(partial(submit_feedback, store, service_id, entries,
-                                        client_iss=g.get("client_iss"), received_at=now,
+                                        client_iss=call_state().client_iss, received_at=now,
                                         card_ids=card_ids))
         except FeedbackInvalid:
             FEEDBACK.labels(service_id, "invalid").inc()

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cds_service.errors import BadRequest
-from cds_service.store.store import KnownCard
+from cds_service.store.store import KnownCard, suggestion_misfits
 
 MAX_ENTRIES = 1000
 MAX_ID_LENGTH = 64  # card and suggestion uuids (ours are 36 characters)
@@ -241,17 +241,6 @@ def check_against_cards(service_id: str, entries: list[FeedbackEntry],
 
 def suggestion_problems(entry: FeedbackEntry, card: KnownCard) -> list[Problem]:
     """An accepted outcome must name the card's own suggestions, one for an at-most-one card."""
-    where = f"feedback[{entry.index}]"
-    if entry.outcome != "accepted":
-        return []
-    problems = [Problem(f"{where}.acceptedSuggestions[{position}].id",
-                        f"{suggestion} is not a suggestion of card {entry.card_uuid}")
-                for position, suggestion in enumerate(entry.accepted_suggestions)
-                if suggestion not in card.suggestion_uuids]
-    if card.suggestion_uuids and not entry.accepted_suggestions:
-        problems.append(Problem(f"{where}.acceptedSuggestions",
-                                "must name the suggestion that was accepted"))
-    if card.selection_behavior == "at-most-one" and len(entry.accepted_suggestions) > 1:
-        problems.append(Problem(f"{where}.acceptedSuggestions",
-                                "names several suggestions of an at-most-one card"))
-    return problems
+    return [Problem(f"feedback[{entry.index}]{where}", message)
+            for where, message in suggestion_misfits(entry.outcome, entry.accepted_suggestions,
+                                                     card)]

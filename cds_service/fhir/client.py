@@ -20,10 +20,10 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from cds_service.cdshooks.request import HookRequest
-from cds_service.cdshooks.services import patient_searches
 from cds_service.errors import DataUnavailable
+from cds_service.fhir.prefetch import PatientCall
 from cds_service.fhir.read import bundle_resources
+from cds_service.fhir.searches import patient_searches
 from cds_service.knowledge import Knowledge
 from cds_service.ops.config import Settings
 from cds_service.ops.privacy import pseudonym
@@ -75,7 +75,7 @@ class FhirFetcher:
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fhir")
 
     # -- public --------------------------------------------------------------------------------
-    def fetch(self, request: HookRequest, keys: list[str], now: datetime, deadline: float,
+    def fetch(self, request: PatientCall, keys: list[str], now: datetime, deadline: float,
               stats: FetchStats, optional: frozenset[str] = frozenset()) -> dict[str, list[dict]]:
         required = [k for k in keys if k not in optional]
         try:
@@ -107,7 +107,7 @@ class FhirFetcher:
             raise DataUnavailable("the FHIR server did not answer in time")
         return {futures[f]: f.result() for f in done if f.exception() is None}
 
-    def read(self, request: HookRequest, references: list[str], deadline: float,
+    def read(self, request: PatientCall, references: list[str], deadline: float,
              stats: FetchStats) -> list[dict]:
         """Read referenced resources (e.g. Medication/x); what fails or is late is left out."""
         if not references or request.fhir_server is None:
@@ -125,7 +125,7 @@ class FhirFetcher:
             f.result(), dict)]
 
     # -- internals -----------------------------------------------------------------------------
-    def _base(self, request: HookRequest) -> str:
+    def _base(self, request: PatientCall) -> str:
         if request.fhir_server is None:
             raise DataUnavailable("prefetch is incomplete and the request names no fhirServer")
         base = request.fhir_server.rstrip("/")
@@ -136,7 +136,7 @@ class FhirFetcher:
                                   "service is configured to read")
         return base
 
-    def _search_all(self, request: HookRequest, base: str, path: str, params: dict,
+    def _search_all(self, request: PatientCall, base: str, path: str, params: dict,
                     deadline: float, stats: FetchStats) -> list[dict]:
         """A search (or read) with its following pages, all on the same server."""
         document = self._get_json(request, f"{base}/{path}", params, deadline, stats)
@@ -163,7 +163,7 @@ class FhirFetcher:
                    and isinstance(e.get("search"), dict) and e["search"].get("mode") == "outcome"}
         return [r for r in bundle_resources(bundle) if id(r) not in outcome]
 
-    def _get_json(self, request: HookRequest, url: str, params: dict | None, deadline: float,
+    def _get_json(self, request: PatientCall, url: str, params: dict | None, deadline: float,
                   stats: FetchStats) -> dict:
         remaining = deadline - time.monotonic()
         if remaining <= 0:

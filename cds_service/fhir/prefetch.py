@@ -10,13 +10,29 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
-from cds_service.cdshooks.request import HookRequest
-from cds_service.cdshooks.services import PatientSearch
 from cds_service.errors import DataUnavailable
 from cds_service.fhir.dates import parse_instant, raw_period_end
 from cds_service.fhir.read import bundle_resources, unresolved_medications
+from cds_service.fhir.searches import PatientSearch
+
+
+class PatientCall(Protocol):
+    """What the FHIR side needs of a hook call (cdshooks.request.PatientCall is one)."""
+
+    @property
+    def patient_id(self) -> str: ...
+    @property
+    def prefetch(self) -> dict[str, Any]: ...
+    @property
+    def draft_orders(self) -> list[dict[str, Any]]: ...
+    @property
+    def fhir_server(self) -> str | None: ...
+    @property
+    def access_token(self) -> str | None: ...
+    @property
+    def client_iss(self) -> str | None: ...
 
 
 @dataclass
@@ -29,12 +45,12 @@ class PatientData:
 
 
 class Fetcher(Protocol):
-    def fetch(self, request: HookRequest, keys: list[str], now: datetime, deadline: float,
+    def fetch(self, request: PatientCall, keys: list[str], now: datetime, deadline: float,
               stats, optional: frozenset[str] = frozenset()) -> dict[str, list[dict]]:
         """Resources for each key; raise DataUnavailable when a key not in `optional` cannot be
         had. Optional keys that cannot be had are left out of the answer."""
 
-    def read(self, request: HookRequest, references: list[str], deadline: float,
+    def read(self, request: PatientCall, references: list[str], deadline: float,
              stats) -> list[dict]:
         """Referenced resources that could be read in time."""
 
@@ -76,7 +92,7 @@ def _first_page_suffices(search: PatientSearch, bundle: dict, now: datetime) -> 
     return dates[-1] < now - timedelta(days=search.window_days)
 
 
-def gather(request: HookRequest, searches: tuple[PatientSearch, ...], fetcher: Fetcher,
+def gather(request: PatientCall, searches: tuple[PatientSearch, ...], fetcher: Fetcher,
            now: datetime, deadline: float, stats) -> PatientData:
     data = PatientData()
     to_fetch = []

@@ -17,11 +17,12 @@ import re
 from typing import Any
 
 import orjson
-from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
-from cds_service.clinical.record import Coding
 from cds_service.fhir.nesting import MAX_JSON_DEPTH, nesting_exceeds
+from fhir.resources.R4B import get_fhir_model_class
+
+Coding = tuple[str, str, str]  # (system, code, display)
 
 _NAIVE_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?$")
 _MAX_REPAIRS = 20

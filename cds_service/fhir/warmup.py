@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from flask import Flask
-
 from cds_service.fhir.read import validate
 
 _SAMPLES = [
@@ -22,6 +20,6 @@ _SAMPLES = [
 ]
 
 
-def warm_up(app: Flask) -> None:
+def warm_up() -> None:
     for sample in _SAMPLES:
         validate(sample)

@@ -1,4 +1,4 @@
-"""Health, readiness and Prometheus metrics; JSON logs. Nothing here carries patient data.
+"""Prometheus metrics and JSON logs (the HTTP side is web/health.py). No patient data here.
 
 Under `cds-service serve` each worker is a process: with PROMETHEUS_MULTIPROC_DIR set (serve
 sets it), metrics are written to files there and /metrics aggregates all workers.
@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
-import time
+from collections.abc import Sequence
 
-from flask import Flask, Response, g, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -20,9 +19,6 @@ from prometheus_client import (
     multiprocess,
 )
 from pythonjsonlogger.json import JsonFormatter
-
-from cds_service.cdshooks.services import SERVICES
-from cds_service.ops.rsgi_bridge import RECEIVED_AT
 
 # Latency buckets around the targets: a few ms per call, EHR patience ~0.5-2 s.
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
@@ -38,10 +34,12 @@ FHIR_LATENCY = Histogram("cds_fhir_fetch_seconds", "Time spent fetching missing 
                          ["service"], buckets=_BUCKETS)
 AUTH_FAILURES = Counter("cds_auth_failures_total", "Rejected client authentications")
 
-UNAUTHENTICATED_PATHS = ("/health", "/ready", "/metrics")
+# An exception inside the engine: answered 500 (never a silent "no cards"), counted here.
+ENGINE_FAILURES = Counter("cds_engine_failures_total", "Hook calls the engine failed on",
+                          ["service"])
 
 
-def observe_hook(service: str, status: int, seconds: float, cards: list[dict] = (),
+def observe_hook(service: str, status: int, seconds: float, cards: Sequence[dict] = (),
                  fhir_requests: int = 0, fhir_seconds: float = 0.0) -> None:
     label = str(status)
     HOOK_REQUESTS.labels(service, label).inc()
@@ -53,7 +51,7 @@ def observe_hook(service: str, status: int, seconds: float, cards: list[dict] = 
         FHIR_LATENCY.labels(service).observe(fhir_seconds)
 
 
-def _metrics_body() -> bytes:
+def metrics_body() -> bytes:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
@@ -61,38 +59,8 @@ def _metrics_body() -> bytes:
     return generate_latest()
 
 
-def init_app(app: Flask, ready_checks: dict) -> None:
-    """Register /health (alive), /ready (able to answer) and /metrics, and time hook calls."""
-
-    @app.get("/health")
-    def health():
-        return {"status": "ok"}
-
-    @app.get("/ready")
-    def ready():
-        failing = [name for name, check in ready_checks.items() if not check()]
-        status = 503 if failing else 200
-        return {"status": "not ready" if failing else "ready", "failing": failing}, status
-
-    @app.get("/metrics")
-    def metrics():
-        return Response(_metrics_body(), mimetype=CONTENT_TYPE_LATEST)
-
-    @app.before_request
-    def start_timer():
-        # From when the server had the whole request (rsgi_bridge), else from now (tests).
-        g.started = request.environ.get(RECEIVED_AT) or time.perf_counter()
-
-    @app.after_request
-    def count_hook(response):
-        parts = request.path.strip("/").split("/")
-        if request.method == "POST" and len(parts) == 2 and parts[0] == "cds-services":
-            cards = g.get("cards_returned", ())
-            # Only known ids become labels: a URL must not create metric series.
-            observe_hook(parts[1] if parts[1] in SERVICES else "unknown",
-                         response.status_code, time.perf_counter() - g.get("started", 0.0),
-                         cards, g.get("fhir_requests", 0), g.get("fhir_seconds", 0.0))
-        return response
+def metrics_content_type() -> str:
+    return CONTENT_TYPE_LATEST
 
 
 def json_formatter() -> JsonFormatter:

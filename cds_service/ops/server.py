@@ -18,8 +18,13 @@ import gc
 import multiprocessing
 import os
 import tempfile
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from cds_service.ops.config import Settings
+
+if TYPE_CHECKING:
+    from cds_service.ops.rsgi_bridge import RsgiBridge
 
 # A call is answered in milliseconds; this long means a stuck worker: replace it.
 WORKER_TIMEOUT_SECONDS = 30.0
@@ -73,29 +78,31 @@ def granian_options(host: str, port: int, workers: int) -> dict:
     }
 
 
-def build(settings: Settings):
+def bridge(app: Callable, max_body_bytes: int,
+           on_worker_exit: list[Callable[[], None]]) -> RsgiBridge:
     """The warmed app behind the bridge, with the stuck-worker watchdog; in the main process."""
     from cds_service.ops.rsgi_bridge import RsgiBridge
     from cds_service.ops.watchdog import StuckWorkerWatchdog
-    from cds_service.web.app import create_app
 
-    app = create_app(settings)
-    bridge = RsgiBridge(app, settings.max_body_bytes,
-                        on_worker_exit=app.extensions["worker_exit_callbacks"])
-    watchdog = StuckWorkerWatchdog(lambda: bridge.busy_since, WORKER_TIMEOUT_SECONDS)
-    bridge.on_worker_start.append(watchdog.start)
-    return bridge
+    front = RsgiBridge(app, max_body_bytes, on_worker_exit=on_worker_exit)
+    watchdog = StuckWorkerWatchdog(lambda: front.busy_since, WORKER_TIMEOUT_SECONDS)
+    front.on_worker_start.append(watchdog.start)
+    return front
 
 
-def serve(settings: Settings, host: str, port: int, workers: int) -> None:
+def serve(build_app: Callable[[], tuple[Callable, list[Callable[[], None]]]],
+          settings: Settings, host: str, port: int, workers: int) -> None:
+    """Build the app (`build_app` -> the WSGI app and its worker-exit callbacks) in this
+    process, then fork the workers."""
     # Metrics of all workers are aggregated through files: set before prometheus is imported.
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="cds-metrics-"))
     from granian.server import Server
 
     # Workers are forked from this process, so they inherit the app built here.
     multiprocessing.set_start_method("fork", force=True)
-    bridge = build(settings)
+    app, on_worker_exit = build_app()
+    front = bridge(app, settings.max_body_bytes, on_worker_exit)
     gc.collect()
     gc.freeze()  # the warmed models are permanent: keep full collections short
-    server = Server("cds_service.ops.server:build", **granian_options(host, port, workers))
-    server.serve(target_loader=lambda *_: bridge, wrap_loader=False)
+    server = Server("cds_service.ops.server:bridge", **granian_options(host, port, workers))
+    server.serve(target_loader=lambda *_: front, wrap_loader=False)

@@ -128,6 +128,25 @@ class KnownCard:
     suggestion_uuids: frozenset[str]
 
 
+def suggestion_misfits(outcome: str, accepted: Sequence[str],
+                       card: KnownCard) -> list[tuple[str, str]]:
+    """Why an outcome does not fit its card, as (where, message) pairs: an accepted outcome must
+    name the card's own suggestions, and only one of an at-most-one card. `where` extends the
+    entry's location ("", or ".acceptedSuggestions[0].id")."""
+    if outcome != "accepted":
+        return []
+    misfits = [(f".acceptedSuggestions[{position}].id",
+                f"{suggestion} is not a suggestion of card {card.card_uuid}")
+               for position, suggestion in enumerate(accepted)
+               if suggestion not in card.suggestion_uuids]
+    if card.suggestion_uuids and not accepted:
+        misfits.append((".acceptedSuggestions", "must name the suggestion that was accepted"))
+    if card.selection_behavior == "at-most-one" and len(accepted) > 1:
+        misfits.append((".acceptedSuggestions",
+                        "names several suggestions of an at-most-one card"))
+    return misfits
+
+
 class FeedbackStore:
     def __init__(self, url: str):
         self.url = url
@@ -282,8 +301,6 @@ class FeedbackStore:
         """Move early reports whose card is now recorded into card_feedback (all of them, or
         those about `card_uuids`); a report that does not fit its card stays, with the reason.
         Returns how many were moved."""
-        from cds_service.feedback.validation import FeedbackEntry, suggestion_problems
-
         query = sa.select(early_feedback).join(
             issued_card, issued_card.c.card_uuid == early_feedback.c.card_uuid).where(
             early_feedback.c.problem.is_(None))
@@ -296,10 +313,9 @@ class FeedbackStore:
         moved = []
         for row in waiting:
             card = cards[row["card_uuid"]]
-            entry = FeedbackEntry(0, row["card_uuid"], row["outcome"], row["outcome_at"],
-                                  tuple(row["accepted_suggestions"]))
             problems = ([f"issued by {card.service_id}"] if card.service_id != row["service_id"]
-                        else [p.message for p in suggestion_problems(entry, card)])
+                        else [message for _where, message in suggestion_misfits(
+                            row["outcome"], tuple(row["accepted_suggestions"]), card)])
             if problems:
                 connection.execute(sa.update(early_feedback).where(
                     early_feedback.c.id == row["id"]).values(problem="; ".join(problems)[:500]))

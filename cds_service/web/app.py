@@ -1,32 +1,33 @@
-"""The Flask application: thin routes that translate HTTP to a HookEngine call and back."""
+"""The Flask application: thin routes that translate HTTP to a HookEngine call and back.
+
+Everything it calls is built elsewhere (bootstrap.py, the one wiring point) and handed in as
+`WebParts`; per call, one `CallState` (web/state.py) carries what later steps need.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 
 import orjson
-from flask import Flask, Response, g, request
+from flask import Blueprint, Flask, Response, request
 from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
 
-from cds_service.auth.verifier import client_authentication
-from cds_service.cards.writer import CardTemplates, CardWriter
-from cds_service.cdshooks.engine import HookEngine
-from cds_service.cdshooks.services import SERVICES, prefetch_templates
+from cds_service.cdshooks.engine import HookEngine, HookResult
+from cds_service.cdshooks.services import SERVICES
 from cds_service.errors import ServiceError, UnknownService
-from cds_service.feedback import init_feedback
-from cds_service.fhir.client import FetchStats, FhirFetcher
-from cds_service.fhir.warmup import warm_up
-from cds_service.knowledge import load_knowledge
-from cds_service.ops import observability
+from cds_service.fhir.client import FetchStats
+from cds_service.fhir.searches import prefetch_templates
 from cds_service.ops.config import Settings
+from cds_service.ops.observability import ENGINE_FAILURES
 from cds_service.ops.privacy import pseudonym
-from cds_service.web import header_limits
+from cds_service.web import header_limits, health
 from cds_service.web.body import decode_json_body
-from cds_service.web.openapi import blueprint as openapi_blueprint
+from cds_service.web.state import call_state
 
 log = logging.getLogger("cds_service")
 
@@ -41,38 +42,45 @@ def operation_outcome(status: int, code: str, message: str) -> Response:
                   "issue": [{"severity": "error", "code": code, "diagnostics": message}]}, status)
 
 
-def create_app(settings: Settings | None = None, *,
-               clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> Flask:
-    """Build the service: knowledge and templates are loaded and compiled here, once."""
-    settings = settings or Settings()
+@dataclass
+class WebParts:
+    """What the HTTP layer is given: built once, at start, by bootstrap.py."""
+
+    settings: Settings
+    engine: HookEngine
+    # (method, path, Authorization header) -> the calling EHR's issuer, or AuthenticationRequired
+    authenticate: Callable[[str, str, str | None], str | None]
+    clock: Callable[[], datetime]
+    # A card uuid for a service: one the feedback endpoint can later verify.
+    mint_card_id: Callable[[str], str]
+    # Given each call's result after it is answered (e.g. the record of shown cards).
+    on_cards_issued: list[Callable[[HookResult], None]] = field(default_factory=list)
+    blueprints: Sequence[Blueprint] = ()
+    ready_checks: dict[str, Callable[[], bool]] = field(default_factory=dict)
+
+
+def build_app(parts: WebParts) -> Flask:
+    """The Flask app serving discovery, the hook calls and the given blueprints."""
+    settings, engine, clock = parts.settings, parts.engine, parts.clock
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.config["SETTINGS"] = settings
-    knowledge = load_knowledge(settings.knowledge_dir)
-    writer = CardWriter(knowledge, CardTemplates.load(settings.cards_dir))
-    engine = HookEngine(knowledge, writer, FhirFetcher(settings, knowledge),
-                        settings.fhir_deadline_seconds)
-    app.extensions["hook_engine"] = engine
-    templates = prefetch_templates(knowledge)
+    templates = prefetch_templates(engine.knowledge)
     discovery_document = {"services": [s.discovery(templates) for s in SERVICES.values()]}
-    # Callables given each HookResult after a successful call (e.g. the record of shown cards).
-    app.extensions["cards_issued_listeners"] = []
-    # Run when a server worker process ends (rsgi_bridge): e.g. write the queued card records.
-    app.extensions["worker_exit_callbacks"] = []
     CORS(app, origins=list(settings.cors_origins), methods=["GET", "POST", "OPTIONS"],
          allow_headers=["Authorization", "Content-Type"], max_age=600)
     # Health, readiness, metrics: registered first so hook timing starts before authentication.
-    observability.init_app(app, ready_checks={
-        "knowledge": lambda: bool(engine.knowledge.factors),
-        "card_templates": lambda: writer.pv_detail is not None,
-    })
+    health.init_app(app, parts.ready_checks, SERVICES)
     # Oversized headers: the service's 431, before authentication reads them.
     header_limits.init_app(app)
-    # Client JWT on every /cds-services call (not in development mode); sets g.client_iss.
-    app.before_request(client_authentication(settings))
-    app.register_blueprint(openapi_blueprint)
-    # Feedback (CDS Hooks F1) and the record of every card shown, for acceptance analytics.
-    feedback = init_feedback(app, settings, clock)
+
+    @app.before_request
+    def authenticate() -> None:
+        # Client JWT on every /cds-services call (not in development mode).
+        call_state().client_iss = parts.authenticate(
+            request.method, request.path, request.headers.get("Authorization"))
+
+    for blueprint in parts.blueprints:
+        app.register_blueprint(blueprint)
 
     @app.get("/cds-services")
     def discovery():
@@ -80,8 +88,7 @@ def create_app(settings: Settings | None = None, *,
 
     @app.post("/cds-services/<service_id>")
     def call_service(service_id: str):
-        # Since the whole request was in (observability): authentication and queueing included.
-        started = g.get("started") or time.perf_counter()
+        state = call_state()  # timed since the whole request was in: authentication included
         service = SERVICES.get(service_id)
         if service is None:
             raise UnknownService(f"no CDS service '{service_id}'; see GET /cds-services")
@@ -89,33 +96,36 @@ def create_app(settings: Settings | None = None, *,
         patient_tag = "-"
         if isinstance(body, dict) and isinstance(body.get("context"), dict):
             patient_tag = pseudonym(str(body["context"].get("patientId")), settings.log_hash_key)
+        stats = FetchStats()
         try:
-            stats = FetchStats()
-            result = engine.run(service, body, clock(), client_iss=g.get("client_iss"),
+            result = engine.run(service, body, clock(), client_iss=state.client_iss,
                                 stats=stats)
-            response = result.response
         except ServiceError as exc:
             log.info("hook %s patient=%s status=%d reason=%s", service_id, patient_tag,
                      exc.status, type(exc).__name__)
             raise
         except Exception:
-            # Never block ordering because of our own failure: no card, and a log to fix it.
-            log.exception("hook %s patient=%s failed; answering with no cards", service_id,
-                          patient_tag)
-            return _json({"cards": []})
+            # Our own failure is never a silent "no cards": a 500 the EHR and the operators
+            # see, counted apart, logged with the call's trace id (the EHR's hookInstance).
+            ENGINE_FAILURES.labels(service_id).inc()
+            trace = body.get("hookInstance") if isinstance(body, dict) else None
+            log.exception("hook %s patient=%s trace=%s failed in the engine", service_id,
+                          patient_tag, str(trace)[:64] if trace else "-")
+            return operation_outcome(500, "exception", "internal error; the failure is logged")
+        response = result.response
         # Card uuids this service can later recognise in feedback, with or without the record.
         for issued in result.issued:
-            issued.card["uuid"] = feedback.card_ids.mint(service.id)
-        g.cards_returned = response["cards"]
-        g.fhir_requests, g.fhir_seconds = stats.requests, stats.fetch_seconds
-        for listener in app.extensions["cards_issued_listeners"]:
+            issued.card["uuid"] = parts.mint_card_id(service.id)
+        state.cards = response["cards"]
+        state.fhir_requests, state.fhir_seconds = stats.requests, stats.fetch_seconds
+        for listener in parts.on_cards_issued:
             try:  # recording what was shown must never cost the clinician the card
                 listener(result)
             except Exception:
                 log.exception("a cards-issued listener failed")
         log.info("hook %s patient=%s status=200 cards=%d fhir_requests=%d ms=%.1f", service_id,
                  patient_tag, len(response["cards"]), stats.requests,
-                 (time.perf_counter() - started) * 1000)
+                 (time.perf_counter() - state.started) * 1000)
         answer = _json(response)
         # How many FHIR requests the call needed (0 with complete prefetch), for operators.
         answer.headers["Server-Timing"] = f'fhir;desc="{stats.requests} requests"'
@@ -141,5 +151,4 @@ def create_app(settings: Settings | None = None, *,
         log.exception("unexpected error on %s %s", request.method, request.path)
         return operation_outcome(500, "exception", "internal error")
 
-    warm_up(app)
     return app
