@@ -417,3 +417,15 @@ def test_order_select_with_a_non_risk_selection_gives_no_card(client):
     response = client.post(_url(request), json=request)
     assert response.status_code == 200
     assert response.get_json() == {"cards": []}
+
+
+def test_every_card_links_its_rules_page_by_an_absolute_url(client):
+    """Issue 14: the card's source had no URL, so the Sandbox showed a link going nowhere."""
+    body = load_request(_case("order-sign-multiple-drafts"))
+    cards = client.post("/cds-services/calciphylaxis-order-sign", json=body).get_json()["cards"]
+    assert cards
+    for card in cards:
+        url = card["source"]["url"]
+        assert url.startswith("http://localhost/rules#"), url
+        assert {"label": card["links"][-1]["label"], "url": url, "type": "absolute"} \
+            == card["links"][-1]

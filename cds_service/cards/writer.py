@@ -36,6 +36,8 @@ from cds_service.knowledge import Knowledge
 # The wording ships inside the package (package data); `cards_dir` in the configuration points
 # at a reviewed copy elsewhere.
 CARDS_DIR = Path(str(resources.files("cds_service.cards")))
+# The page that explains every card (web/rules.py), relative to the service's base URL.
+RULES_PATH = "/rules"
 SUMMARY_LIMIT = 139  # CDS Hooks: "<140 characters"
 # Characters that would turn chart text into emphasis, links, headings or tables; "<" only where
 # it could open an HTML tag, so that a result reported as "<10 pg/mL" reads as sent.
@@ -82,6 +84,16 @@ def _number(value: float) -> str:
 
 def _date(value: datetime | None) -> str:
     return value.date().isoformat() if value else ""
+
+
+def rules_anchor(tier: str, pairings, factor: str | None = None) -> str:
+    """Where on the rules page a card is explained: the warning that holds first, the tier, or
+    for an order's info card the drafted drug's factor (web/rules.py makes these anchors)."""
+    if tier == WARNING and pairings:
+        return f"warning-{pairings[0].id}"
+    if tier == INFO and factor is not None:
+        return f"factor-{factor}"
+    return f"tier-{tier}"
 
 
 @dataclass(frozen=True)
@@ -150,6 +162,7 @@ class CardWriter:
         self.source = {"label": spec["source"]["label"], "topic": dict(spec["source"]["topic"])}
         self.links = [{"label": link["label"], "url": link["url"], "type": "absolute"}
                       for link in spec["links"]]
+        self.rules_link_label = spec["source"]["rules_link"]
         reasons = spec["override_reasons"]
         self.override_reasons = [{"system": reasons["system"], "code": r["code"],
                                   "display": r["display"]} for r in reasons["reasons"]]
@@ -332,10 +345,14 @@ class CardWriter:
             note = f"{note} {self.transplant_note}"
         return f"{_tidy(body)}\n\n{note}\n\n{self.references}"
 
-    def _card(self, rules, summary: str, indicator: str, detail: str,
+    def _card(self, rules, summary: str, indicator: str, detail: str, anchor: str,
               suggestions=None) -> IssuedCard:
+        # The rules page explains this card; the web layer makes the path absolute.
+        rules_url = f"{RULES_PATH}#{anchor}"
         card = {"uuid": str(uuid.uuid4()), "summary": summary, "indicator": indicator,
-                "detail": detail, "source": self.source, "links": self.links,
+                "detail": detail, "source": {**self.source, "url": rules_url},
+                "links": [*self.links, {"label": self.rules_link_label, "url": rules_url,
+                                        "type": "absolute"}],
                 "overrideReasons": self.override_reasons}
         if suggestions:
             card["suggestions"] = suggestions
@@ -391,7 +408,7 @@ class CardWriter:
                 self._summary(self.pv_summary["pth"], [], pth_interval_days=days), INFO,
                 self._detail(self.pv_pth_detail.render(
                     pth_interval_days=days, scope=self._scope_line(assessment),
-                    unreadable=unreadable), assessment))]
+                    unreadable=unreadable), assessment), "monitoring")]
         taken, held = self._culprits(assessment)
         consider = tier == WARNING and any(p.consider for p in assessment.pairings)
         if tier == CRITICAL:
@@ -418,7 +435,8 @@ class CardWriter:
                                 suspected=self._suspected(assessment),
                                 lesion=self._lesion_phrase(assessment))
         suggestions = self._suggestions(assessment.suggestions, assessment.patient_id)
-        return [self._card(rules, summary, tier, self._detail(detail, assessment), suggestions)]
+        return [self._card(rules, summary, tier, self._detail(detail, assessment),
+                           rules_anchor(tier, assessment.pairings), suggestions)]
 
     def _lesion_phrase(self, assessment: Assessment) -> str:
         lesion = assessment.finding("new_skin_lesion")
@@ -462,6 +480,7 @@ class CardWriter:
         if tier == CRITICAL:
             rules.append("known_calciphylaxis")
         return self._card(rules, summary, tier, self._detail(detail, assessment),
+                          rules_anchor(tier, draft.pairings, draft.finding.factor.id),
                           self._suggestions(draft.suggestions, patient_id))
 
     # -- suggestions ---------------------------------------------------------------------------

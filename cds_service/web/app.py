@@ -42,6 +42,16 @@ def operation_outcome(status: int, code: str, message: str) -> Response:
                   "issue": [{"severity": "error", "code": code, "diagnostics": message}]}, status)
 
 
+def absolute_rules_urls(card: dict, base: str) -> None:
+    """The card's source and links name the service's own pages by path: prefix its base."""
+    source = card.get("source", {})
+    if source.get("url", "").startswith("/"):
+        source["url"] = base + source["url"]
+    for link in card.get("links", ()):
+        if link.get("url", "").startswith("/"):
+            link["url"] = base + link["url"]
+
+
 @dataclass
 class WebParts:
     """What the HTTP layer is given: built once, at start, by bootstrap.py."""
@@ -113,9 +123,12 @@ def build_app(parts: WebParts) -> Flask:
                           patient_tag, str(trace)[:64] if trace else "-")
             return operation_outcome(500, "exception", "internal error; the failure is logged")
         response = result.response
-        # Card uuids this service can later recognise in feedback, with or without the record.
+        # Card uuids this service can later recognise in feedback, with or without the record;
+        # the rules page's address as the EHR reaches this service (CDS Hooks: absolute URLs).
+        base = (settings.public_base_url or request.url_root).rstrip("/")
         for issued in result.issued:
             issued.card["uuid"] = parts.mint_card_id(service.id)
+            absolute_rules_urls(issued.card, base)
         state.cards = response["cards"]
         state.fhir_requests, state.fhir_seconds = stats.requests, stats.fetch_seconds
         for listener in parts.on_cards_issued:
