@@ -96,6 +96,7 @@ def evaluate(request_file: str, now_text: str | None, as_json: bool,
              config_path: str | None) -> None:
     """Print the cards a CDS Hooks request file produces (no server needed)."""
     from cds_service.bootstrap import create_engine
+    from cds_service.cards.writer import absolute_service_urls
     from cds_service.cdshooks.engine import service_for_hook
 
     try:
@@ -128,6 +129,10 @@ def evaluate(request_file: str, now_text: str | None, as_json: bool,
     except ServiceError as exc:
         click.echo(f"HTTP {exc.status}: {exc.message}", err=True)
         sys.exit(1)
+    # The rules page as this configuration's server would serve it.
+    base = settings.public_base_url or f"http://{settings.host}:{settings.port}"
+    for card in response["cards"]:
+        absolute_service_urls(card, base)
     if as_json:
         click.echo(orjson.dumps(response, option=orjson.OPT_INDENT_2).decode())
     else:

@@ -96,6 +96,18 @@ def rules_anchor(tier: str, pairings, factor: str | None = None) -> str:
     return f"tier-{tier}"
 
 
+def absolute_service_urls(card: dict, base: str) -> None:
+    """The card's source and links name the service's own pages by path: prefix the base URL
+    the EHR reaches the service at (CDS Hooks asks for absolute URLs)."""
+    base = base.rstrip("/")
+    source = card.get("source", {})
+    if source.get("url", "").startswith("/"):
+        source["url"] = base + source["url"]
+    for link in card.get("links", ()):
+        if link.get("url", "").startswith("/"):
+            link["url"] = base + link["url"]
+
+
 @dataclass(frozen=True)
 class IssuedCard:
     """A card as sent, with the rule ids behind it (for the record of what was shown)."""
@@ -229,7 +241,6 @@ class CardWriter:
         if ev.condition:
             c = ev.condition
             return self.evidence["condition"].render(name=self._condition_name(c),
-                                                     code=c.matched[0],
                                                      date=_date(c.onset or c.recorded))
         raise ValueError("sex is shown by its factor label alone")
 
@@ -278,10 +289,11 @@ class CardWriter:
                           if not isinstance(e, ProcedureEntry)), None)
         if procedure is not None:
             return Rendered(self.scope["dialysis"].render(
-                procedure=procedure.name or procedure.code, date=_date(procedure.performed),
+                procedure=procedure.name or self.knowledge.procedures[procedure.concept].label,
+                date=_date(procedure.performed),
                 condition=self._condition_name(condition) if condition else ""))
-        return Rendered(self.scope["diagnosis"].render(condition=self._condition_name(condition),
-                                                       code=condition.matched[0]))
+        return Rendered(self.scope["diagnosis"].render(
+            condition=self._condition_name(condition)))
 
     @staticmethod
     def _suspected(assessment: Assessment) -> bool:
@@ -291,9 +303,7 @@ class CardWriter:
     def _condition_line(self, kind: str, condition) -> Rendered:
         return Rendered(self.calciphylaxis[kind].render(
             name=self._condition_name(condition),
-            code=condition.matched[0] if condition.matched[0].lower()
-            not in condition.name.lower() else "", date=_date(condition.onset
-                                                               or condition.recorded)))
+            date=_date(condition.onset or condition.recorded)))
 
     def _calciphylaxis_lines(self, assessment: Assessment, culprits: list[str]) -> list[Rendered]:
         """The known, suspected or previous calciphylaxis and a new lesion: named first."""

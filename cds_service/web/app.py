@@ -17,6 +17,7 @@ from flask import Blueprint, Flask, Response, request
 from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
 
+from cds_service.cards.writer import absolute_service_urls
 from cds_service.cdshooks.engine import HookEngine, HookResult
 from cds_service.cdshooks.services import SERVICES
 from cds_service.errors import ServiceError, UnknownService
@@ -40,16 +41,6 @@ def operation_outcome(status: int, code: str, message: str) -> Response:
     """Error bodies are FHIR OperationOutcomes, as CDS Hooks 3.0 recommends."""
     return _json({"resourceType": "OperationOutcome",
                   "issue": [{"severity": "error", "code": code, "diagnostics": message}]}, status)
-
-
-def absolute_rules_urls(card: dict, base: str) -> None:
-    """The card's source and links name the service's own pages by path: prefix its base."""
-    source = card.get("source", {})
-    if source.get("url", "").startswith("/"):
-        source["url"] = base + source["url"]
-    for link in card.get("links", ()):
-        if link.get("url", "").startswith("/"):
-            link["url"] = base + link["url"]
 
 
 @dataclass
@@ -128,7 +119,7 @@ def build_app(parts: WebParts) -> Flask:
         base = (settings.public_base_url or request.url_root).rstrip("/")
         for issued in result.issued:
             issued.card["uuid"] = parts.mint_card_id(service.id)
-            absolute_rules_urls(issued.card, base)
+            absolute_service_urls(issued.card, base)
         state.cards = response["cards"]
         state.fhir_requests, state.fhir_seconds = stats.requests, stats.fetch_seconds
         for listener in parts.on_cards_issued:
