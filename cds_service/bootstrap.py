@@ -21,6 +21,7 @@ from cds_service.auth.verifier import ClientAuthentication
 from cds_service.cards.ids import CardIds
 from cds_service.cards.writer import CardTemplates, CardWriter
 from cds_service.cdshooks.engine import HookEngine
+from cds_service.feedback.quieting import OverrideRecall
 from cds_service.feedback.recorder import CardRecorder, record_hash_key
 from cds_service.feedback.routes import feedback_blueprint
 from cds_service.fhir.client import FhirFetcher
@@ -44,6 +45,7 @@ class Feedback:
     store: FeedbackStore
     recorder: CardRecorder
     card_ids: CardIds  # mints the card uuids the feedback endpoint can verify
+    key: bytes  # of the patient pseudonyms and evidence hashes in the store
 
 
 @dataclass
@@ -97,7 +99,7 @@ def create_feedback(settings: Settings, clock: Callable[[], datetime] = _now) ->
                     "a copy of both allows re-identification by trying patient ids; set "
                     "CDS_RECORD_HASH_KEY, CDS_RECORD_HASH_KEY_FILE or record_hash_key_file")
     key = record_hash_key(settings.record_hash_key, settings.instance_dir)
-    return Feedback(store, CardRecorder(store, key, clock=clock), CardIds(key))
+    return Feedback(store, CardRecorder(store, key, clock=clock), CardIds(key), key)
 
 
 def build(settings: Settings | None = None, *, clock: Callable[[], datetime] = _now,
@@ -107,10 +109,16 @@ def build(settings: Settings | None = None, *, clock: Callable[[], datetime] = _
     engine = engine or create_engine(settings, read_fhir=True)
     authenticate = ClientAuthentication(settings)
     feedback = create_feedback(settings, clock)
+    reasons = engine.writer.override_reasons
+    recall = OverrideRecall(
+        feedback.store, feedback.key, quiet_days=settings.override_quiet_days,
+        deadline_seconds=settings.override_store_timeout_seconds,
+        reason_names={(r["system"], r["code"]): r["display"] for r in reasons})
     parts = WebParts(
         settings=settings, engine=engine, authenticate=authenticate, clock=clock,
         mint_card_id=feedback.card_ids.mint,
         on_cards_issued=[feedback.recorder],
+        recall=recall,
         blueprints=(openapi_blueprint, feedback_blueprint(
             feedback.store, feedback.card_ids, clock, settings.feedback_store_timeout_seconds)),
         ready_checks={"knowledge": lambda: bool(engine.knowledge.factors),

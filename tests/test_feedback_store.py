@@ -212,7 +212,7 @@ def test_a_fork_waits_until_the_writer_is_out_of_the_database():
         def ensure_ready(self) -> None:
             pass
 
-        def record_shown(self, batch) -> None:
+        def record_shown(self, batch, quieted=()) -> None:
             inside.set()
             leave.wait(5)
 

@@ -166,3 +166,40 @@ def test_database_url_from_the_environment(store, tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["report", "--format", "json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["total"]["shown"] == 1
+
+
+def test_override_reasons_sent_as_codes_only_are_named_from_the_service_list(store, tmp_path):
+    card = shown_card(suggestions=0)
+    store.record_shown([card])
+    entry = FeedbackEntry(0, card.card_uuid, "overridden", datetime(2026, 11, 20, 13, tzinfo=UTC),
+                          reason_system=REASON_SYSTEM, reason_code="reviewed-by-nephrology")
+    submit_feedback(store, card.service_id, [entry], client_iss=None,
+                    received_at=datetime.now(UTC))
+    [reason] = report_json(tmp_path, store.url)["override_reasons"].values()
+    assert reason["display"] == "Already reviewed with nephrology"
+    text = run_report(tmp_path, store.url).stdout
+    assert "Already reviewed with nephrology (reviewed-by-nephrology)" in text
+    assert "Already reviewed with nephrology" in run_report(
+        tmp_path, store.url, "--format", "html").stdout
+
+
+def test_cards_not_shown_again_are_counted_per_rule(store, tmp_path):
+    from cds_service.store.store import QuietedRecord
+
+    at = datetime(2026, 11, 20, 13, tzinfo=UTC)
+    store.record_shown([], [
+        QuietedRecord("calciphylaxis-patient-view", "warning", "f" * 32, "card-1",
+                      ("warning", "vitamin_k_antagonist"), at),
+        QuietedRecord("calciphylaxis-patient-view", "warning", "f" * 32, "card-1",
+                      ("warning", "vitamin_k_antagonist"), at),
+        QuietedRecord("calciphylaxis-patient-view", "info", "e" * 32, "card-2",
+                      ("info", "calcium_binder"), at)])
+    body = report_json(tmp_path, store.url)
+    assert body["quieted"] == {"total": 3, "rules": {
+        "calcium_binder": 1, "info": 1, "vitamin_k_antagonist": 2, "warning": 2}}
+    assert report_json(tmp_path, store.url, "--since", "2026-11-21")["quieted"]["total"] == 0
+    text = run_report(tmp_path, store.url).stdout
+    assert "Not shown again after an override (override quieting): 3" in text
+    assert re.search(r"^\s+2\s+vitamin_k_antagonist \(warfarin", text, re.MULTILINE)
+    html = run_report(tmp_path, store.url, "--format", "html").stdout
+    assert "3 cards were not repeated" in html

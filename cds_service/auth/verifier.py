@@ -104,6 +104,13 @@ def _shown(value: Any) -> str:
     return value[:80].encode("unicode_escape").decode("ascii")
 
 
+def _shown_aud(value: Any) -> str:
+    """aud may be a list of URLs (RFC 7519)."""
+    if isinstance(value, list):
+        return "[" + ",".join(_shown(v) for v in value[:4]) + "]"
+    return _shown(value)
+
+
 class ClientVerifier:
     """Checks `Authorization: Bearer <JWT>` headers against the trusted clients."""
 
@@ -126,9 +133,12 @@ class ClientVerifier:
             return self._verify(authorization, audience, context)
         except Rejected as exc:
             AUTH_FAILURES.inc()
-            log.warning("client authentication failed: reason=%s iss=%s kid=%s jti=%s",
+            audiences = (f" expected_aud={_shown(context['expected_aud'])} presented_aud="
+                         f"{_shown_aud(context['presented_aud'])}"
+                         if "expected_aud" in context else "")
+            log.warning("client authentication failed: reason=%s iss=%s kid=%s jti=%s%s",
                         exc, _shown(context.get("iss")), _shown(context.get("kid")),
-                        _shown(context.get("jti")))
+                        _shown(context.get("jti")), audiences)
             raise AuthenticationRequired() from None
 
     def _verify(self, authorization: str | None, audience: str,
@@ -158,6 +168,8 @@ class ClientVerifier:
         if not isinstance(kid, str) or not kid:
             raise Rejected("missing kid")
         if not _audience_matches(claims.get("aud"), audience):
+            # Both URLs in the log: a proxy or base URL set up wrong shows at once.
+            context.update(expected_aud=audience, presented_aud=claims.get("aud"))
             raise Rejected("wrong audience")
         self._check_times(claims)
         jti = claims.get("jti")

@@ -30,6 +30,7 @@ from cds_service.clinical.assessment import (
     Suggestion,
 )
 from cds_service.clinical.record import Medication, ProcedureEntry
+from cds_service.clinical.repeat_keys import card_keys
 from cds_service.fhir.read import validate
 from cds_service.knowledge import Knowledge
 
@@ -114,10 +115,16 @@ class IssuedCard:
 
     card: dict
     rules: tuple[str, ...]
+    # What the card is about (clinical/repeat_keys.py): an override of it answers these.
+    keys: frozenset[str] = frozenset()
 
     @property
     def uuid(self) -> str:
         return self.card["uuid"]
+
+    @property
+    def indicator(self) -> str:
+        return self.card["indicator"]
 
     @property
     def suggestion_uuids(self) -> tuple[str, ...]:
@@ -200,6 +207,7 @@ class CardWriter:
                         for kind in ("replace", "add")}
         self.scope = {k: md("scope", k) for k in ("dialysis", "diagnosis", "not_in_scope")}
         self.why = md("why", "text")
+        self.acknowledged_line = md("acknowledged", "text")
         # What we ask the EHR to create must itself be valid FHIR R4: checked once, here.
         for substitute in knowledge.substitutes:
             validate(self._substitute_order(substitute, "example"))
@@ -356,7 +364,7 @@ class CardWriter:
         return f"{_tidy(body)}\n\n{note}\n\n{self.references}"
 
     def _card(self, rules, summary: str, indicator: str, detail: str, anchor: str,
-              suggestions=None) -> IssuedCard:
+              suggestions=None, keys: frozenset[str] = frozenset()) -> IssuedCard:
         # The rules page explains this card; the web layer makes the path absolute.
         rules_url = f"{RULES_PATH}#{anchor}"
         card = {"uuid": str(uuid.uuid4()), "summary": summary, "indicator": indicator,
@@ -367,7 +375,13 @@ class CardWriter:
         if suggestions:
             card["suggestions"] = suggestions
             card["selectionBehavior"] = "at-most-one"
-        return IssuedCard(card, tuple(rules))
+        return IssuedCard(card, tuple(rules), keys)
+
+    def acknowledged(self, issued: IssuedCard, at: datetime, reason: str | None) -> IssuedCard:
+        """The card with, first in its detail, when the risk was last acknowledged."""
+        line = self.acknowledged_line.render(date=_date(at), reason=reason or "")
+        card = {**issued.card, "detail": f"{line}\n\n{issued.card['detail']}"}
+        return IssuedCard(card, issued.rules, issued.keys)
 
     def _items(self, findings: list[Finding], first: frozenset[str] = frozenset()) -> list[str]:
         """Short summary phrases, the factors of the warnings that hold first."""
@@ -418,7 +432,8 @@ class CardWriter:
                 self._summary(self.pv_summary["pth"], [], pth_interval_days=days), INFO,
                 self._detail(self.pv_pth_detail.render(
                     pth_interval_days=days, scope=self._scope_line(assessment),
-                    unreadable=unreadable), assessment), "monitoring")]
+                    unreadable=unreadable), assessment), "monitoring",
+                keys=card_keys(INFO, []) | {"monitoring:pth"})]
         taken, held = self._culprits(assessment)
         consider = tier == WARNING and any(p.consider for p in assessment.pairings)
         if tier == CRITICAL:
@@ -446,7 +461,8 @@ class CardWriter:
                                 lesion=self._lesion_phrase(assessment))
         suggestions = self._suggestions(assessment.suggestions, assessment.patient_id)
         return [self._card(rules, summary, tier, self._detail(detail, assessment),
-                           rules_anchor(tier, assessment.pairings), suggestions)]
+                           rules_anchor(tier, assessment.pairings), suggestions,
+                           card_keys(tier, assessment.findings, assessment.pairings))]
 
     def _lesion_phrase(self, assessment: Assessment) -> str:
         lesion = assessment.finding("new_skin_lesion")
@@ -491,7 +507,8 @@ class CardWriter:
             rules.append("known_calciphylaxis")
         return self._card(rules, summary, tier, self._detail(detail, assessment),
                           rules_anchor(tier, draft.pairings, draft.finding.factor.id),
-                          self._suggestions(draft.suggestions, patient_id))
+                          self._suggestions(draft.suggestions, patient_id),
+                          card_keys(tier, assessment.findings, draft.pairings, order))
 
     # -- suggestions ---------------------------------------------------------------------------
     def _substitute_order(self, substitute, patient_id: str) -> dict:

@@ -13,9 +13,14 @@ from datetime import datetime
 from typing import Any
 
 from cds_service.cards.writer import CardWriter, IssuedCard
+from cds_service.cdshooks.acknowledgements import (
+    Acknowledgement,
+    PatientAcknowledgements,
+    Recall,
+)
 from cds_service.cdshooks.request import HookRequest, parse_request
 from cds_service.cdshooks.services import SERVICES, Service
-from cds_service.clinical.assessment import Assessment, assess
+from cds_service.clinical.assessment import CRITICAL, Assessment, assess
 from cds_service.clinical.record import PatientRecord
 from cds_service.clinical.record_builder import build_record
 from cds_service.fhir.client import ANSWER_MARGIN_SECONDS, FetchStats
@@ -25,10 +30,19 @@ from cds_service.knowledge import Knowledge
 
 
 @dataclass(frozen=True)
+class QuietedCard:
+    """A card not shown: the clinician overrode one about the same things (`because`)."""
+
+    card: IssuedCard
+    because: Acknowledgement
+
+
+@dataclass(frozen=True)
 class HookResult:
     request: HookRequest
     response: dict
     issued: list[IssuedCard]
+    quieted: tuple[QuietedCard, ...] = ()
 
 
 class HookEngine:
@@ -59,12 +73,39 @@ class HookEngine:
         return self.writer.order_cards(assessment, request.patient_id)
 
     def run(self, service: Service, body: Any, now: datetime, *, client_iss: str | None = None,
-            stats: FetchStats | None = None) -> HookResult:
-        """Answer a decoded request body; also says which cards were issued and why."""
+            stats: FetchStats | None = None, recall: Recall | None = None) -> HookResult:
+        """Answer a decoded request body; also says which cards were issued and why. With
+        `recall`, cards the clinician already overrode are quieted or annotated."""
         request = dataclasses.replace(parse_request(service, body), client_iss=client_iss)
         _record, assessment = self.assess(request, now, stats)
         issued = self.cards(request, assessment)
-        return HookResult(request, {"cards": [c.card for c in issued]}, issued)
+        quieted: list[QuietedCard] = []
+        if recall is not None and any(c.indicator != CRITICAL for c in issued):
+            known = recall(request.patient_id, now)
+            if known is not None:
+                issued, quieted = self._answered(request, issued, known)
+        return HookResult(request, {"cards": [c.card for c in issued]}, issued, tuple(quieted))
+
+    def _answered(self, request: HookRequest, issued: list[IssuedCard],
+                  known: PatientAcknowledgements) -> tuple[list[IssuedCard], list[QuietedCard]]:
+        """patient-view: a card about nothing the clinician has not already overridden is not
+        shown again. Order cards always show (a drug is being ordered now), with the date the
+        risk was last acknowledged. Critical cards are never quieted."""
+        shown, quieted = [], []
+        for card in issued:
+            if card.indicator == CRITICAL:
+                shown.append(card)
+            elif request.service.hook == "patient-view":
+                because = known.covering("patient-view", card.keys)
+                if because is None:
+                    shown.append(card)
+                else:
+                    quieted.append(QuietedCard(card, because))
+            elif known.latest is not None:
+                shown.append(self.writer.acknowledged(card, known.latest.at, known.latest.reason))
+            else:
+                shown.append(card)
+        return shown, quieted
 
     def call(self, service: Service, body: Any, now: datetime, *, client_iss: str | None = None,
              stats: FetchStats | None = None) -> dict:

@@ -27,8 +27,14 @@ import sqlalchemy as sa
 from prometheus_client import Counter
 
 from cds_service.cdshooks.engine import HookResult
-from cds_service.ops.privacy import pseudonym
-from cds_service.store.store import FeedbackStore, ShownCard, StoreUnavailable, is_store_down
+from cds_service.ops.privacy import fingerprint, keyed_digests, pseudonym
+from cds_service.store.store import (
+    FeedbackStore,
+    QuietedRecord,
+    ShownCard,
+    StoreUnavailable,
+    is_store_down,
+)
 
 log = logging.getLogger("cds_service.feedback")
 
@@ -109,24 +115,32 @@ class CardRecorder:
         self._stop = threading.Event()
         self._pid = -1
         self._start_lock = threading.Lock()
-        self._queue: queue.Queue[ShownCard] = queue.Queue(capacity)
+        self._queue: queue.Queue[ShownCard | QuietedRecord] = queue.Queue(capacity)
         self._thread: threading.Thread | None = None
 
     # -- the hot path ----------------------------------------------------------------------
     def __call__(self, result: HookResult) -> None:
-        if not result.issued:
+        if not result.issued and not result.quieted:
             return
         if self._pid != os.getpid():
             self._start()
         request = result.request
         patient = pseudonym(request.patient_id, self._key)
         now = self._clock()
+        records: list[ShownCard | QuietedRecord] = []
         for issued in result.issued:
             card = issued.card
-            record = ShownCard(issued.uuid, request.service.id, request.service.hook,
-                               request.hook_instance, card["indicator"],
-                               card.get("selectionBehavior"), patient, now, issued.rules,
-                               issued.suggestion_uuids)
+            digests = keyed_digests(issued.keys, self._key)
+            records.append(ShownCard(
+                issued.uuid, request.service.id, request.service.hook, request.hook_instance,
+                card["indicator"], card.get("selectionBehavior"), patient, now, issued.rules,
+                issued.suggestion_uuids, tuple(sorted(digests)), fingerprint(digests)))
+        for quiet in result.quieted:
+            records.append(QuietedRecord(
+                request.service.id, quiet.card.indicator,
+                fingerprint(keyed_digests(quiet.card.keys, self._key)),
+                quiet.because.card_uuid, quiet.card.rules, now))
+        for record in records:
             try:
                 self._queue.put_nowait(record)
             except queue.Full:
@@ -181,15 +195,15 @@ class CardRecorder:
             for _ in batch:
                 self._queue.task_done()
 
-    def _write_locked(self, batch: list[ShownCard]) -> bool:
+    def _write_locked(self, batch: list[ShownCard | QuietedRecord]) -> bool:
         with self._io_lock:
             return self._write(batch)
 
-    def _write(self, batch: list[ShownCard]) -> bool:
+    def _write(self, batch: list[ShownCard | QuietedRecord]) -> bool:
         """True when the batch is done with (written, or refused for good); False to retry."""
         try:
             self.store.ensure_ready()
-            self.store.record_shown(batch)
+            self._record(batch)
         except Exception as exc:  # noqa: BLE001 - a logging thread must not die
             if isinstance(exc, StoreUnavailable) or is_store_down(exc):
                 self._store_down(exc, len(batch))
@@ -209,11 +223,15 @@ class CardRecorder:
         RECORDS.labels("written").inc(len(batch))
         return True
 
-    def _write_one_by_one(self, batch: list[ShownCard], exc: Exception) -> None:
+    def _record(self, batch: list[ShownCard | QuietedRecord]) -> None:
+        self.store.record_shown([r for r in batch if isinstance(r, ShownCard)],
+                                [r for r in batch if isinstance(r, QuietedRecord)])
+
+    def _write_one_by_one(self, batch: list[ShownCard | QuietedRecord], exc: Exception) -> None:
         """A statement error: keep every record that can be written, count the others."""
         for record in batch:
             try:
-                self.store.record_shown([record])
+                self._record([record])
                 self.written += 1
                 RECORDS.labels("written").inc()
             except Exception as error:  # noqa: BLE001

@@ -15,7 +15,13 @@ from datetime import date, datetime
 
 import sqlalchemy as sa
 
-from cds_service.store.schema import card_feedback, early_feedback, issued_card, issued_card_rule
+from cds_service.store.schema import (
+    card_feedback,
+    early_feedback,
+    issued_card,
+    issued_card_rule,
+    quieted_card,
+)
 from cds_service.store.store import FeedbackStore
 
 OUTCOMES = ("accepted", "overridden", "ignored")
@@ -57,6 +63,17 @@ class OverrideReason:
                 "overridden": self.overridden}
 
 
+@dataclass
+class Quieted:
+    """Cards not shown because the clinician had overridden one about the same things."""
+
+    total: int = 0
+    rules: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def as_dict(self) -> dict:
+        return {"total": self.total, "rules": dict(sorted(self.rules.items()))}
+
+
 def _counts_by() -> defaultdict[str, Counts]:
     return defaultdict(Counts)
 
@@ -83,6 +100,7 @@ class Report:
     # or is not written yet), or not fitting the card when it came (mismatched).
     reconciliation: dict[str, int] = field(default_factory=lambda: {
         "reconciled": 0, "awaiting_record": 0, "mismatched": 0})
+    quieted: Quieted = field(default_factory=Quieted)
 
     def as_dict(self, labels: dict[str, str] | None = None) -> dict:
         labels = labels or {}
@@ -101,6 +119,7 @@ class Report:
             "override_reasons": {key: self.override_reasons[key].as_dict()
                                  for key in sorted(self.override_reasons)},
             "feedback_before_record": dict(self.reconciliation),
+            "quieted": self.quieted.as_dict(),
             "weeks": {week: {**self.weeks[week].total.as_dict(),
                              "services": table(self.weeks[week].services),
                              "rules": table(self.weeks[week].rules)}
@@ -139,8 +158,12 @@ def _day(value: date | str) -> date:
     return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
 
 
-def build_report(store: FeedbackStore, *, since: datetime | None, now: datetime) -> Report:
-    """Counts aggregated in the database (by day), then folded into ISO weeks here."""
+def build_report(store: FeedbackStore, *, since: datetime | None, now: datetime,
+                 reason_names: dict[tuple[str, str], str] | None = None) -> Report:
+    """Counts aggregated in the database (by day), then folded into ISO weeks here. Override
+    reasons of the service's own list are named as it names them (`reason_names`), whatever
+    display the EHR sent, or none."""
+    reason_names = reason_names or {}
     report = Report(generated_at=now, since=since)
     shown = _shown_cards(since)
     count = sa.func.count().label("n")
@@ -169,8 +192,16 @@ def build_report(store: FeedbackStore, *, since: datetime | None, now: datetime)
                 .where(shown.c.outcome == "overridden")
                 .group_by(shown.c.reason_system, shown.c.reason_code)):
             key = f"{row.reason_system}|{row.reason_code}" if row.reason_code else COMMENT_ONLY
+            display = reason_names.get((row.reason_system or "", row.reason_code or ""))
             report.override_reasons[key] = OverrideReason(
-                row.reason_system, row.reason_code, row.display, row.n)
+                row.reason_system, row.reason_code, display or row.display, row.n)
+        quieted = sa.select(quieted_card.c.rules)
+        if since is not None:
+            quieted = quieted.where(quieted_card.c.quieted_at >= since)
+        for (rules,) in connection.execute(quieted):
+            report.quieted.total += 1
+            for rule in rules:
+                report.quieted.rules[rule] += 1
         report.reconciliation = {
             "reconciled": connection.execute(
                 sa.select(sa.func.count()).select_from(card_feedback)

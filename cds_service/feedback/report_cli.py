@@ -35,6 +35,17 @@ def rule_labels(settings: Settings) -> dict[str, str]:
     return {**EXTRA_LABELS, **{fid: factor.label for fid, factor in factors.items()}}
 
 
+def override_reason_names(settings: Settings) -> dict[tuple[str, str], str]:
+    """The service's own override reasons (cards.toml), by (system, code)."""
+    from cds_service.cards.writer import CardTemplates, TemplateError
+
+    try:
+        reasons = CardTemplates.load(settings.cards_dir).spec["override_reasons"]
+    except (TemplateError, KeyError):  # names are a nicety; codes alone still make a report
+        return {}
+    return {(reasons["system"], r["code"]): r["display"] for r in reasons["reasons"]}
+
+
 def produce_report(settings: Settings, since: datetime | None, fmt: str,
                    now: datetime | None = None) -> str:
     if settings.database_url is None:
@@ -48,7 +59,8 @@ def produce_report(settings: Settings, since: datetime | None, fmt: str,
         store.ensure_ready()
         now = now or datetime.now(UTC)
         store.reconcile_all(now)  # feedback whose card's record has come since
-        report = build_report(store, since=since, now=now)
+        report = build_report(store, since=since, now=now,
+                              reason_names=override_reason_names(settings))
     except StoreUnavailable as exc:
         raise ReportError(f"the card store {store.display_url()} is unavailable") from exc
     finally:

@@ -49,12 +49,21 @@ def render_text(report: Report, labels: dict[str, str] | None = None) -> str:
     section("ISO week", [(week, report.weeks[week].total) for week in sorted(report.weeks)])
     lines.append("Override reason  overridden")
     for key, reason in sorted(report.override_reasons.items(), key=lambda kv: -kv[1].overridden):
-        name = f"{reason.code} ({reason.display})" if reason.display else reason.code or key
+        name = f"{reason.display} ({reason.code})" if reason.display else reason.code or key
         lines.append(f"  {reason.overridden:>6}  {name}")
     if not report.override_reasons:
         lines.append("  none")
-    lines += ["", *reconciliation_lines(report)]
+    lines += ["", *quieted_lines(report, labels), "", *reconciliation_lines(report)]
     return "\n".join(lines) + "\n"
+
+
+def quieted_lines(report: Report, labels: dict[str, str]) -> list[str]:
+    """The repeats spared: cards not shown again after a clinician overrode the same ones."""
+    lines = [f"Not shown again after an override (override quieting): {report.quieted.total}"]
+    for rule, count in sorted(report.quieted.rules.items(), key=lambda kv: (-kv[1], kv[0])):
+        name = f"{rule} ({labels[rule]})" if rule in labels else rule
+        lines.append(f"  {count:>6}  {name}")
+    return lines
 
 
 def reconciliation_lines(report: Report) -> list[str]:
@@ -134,6 +143,13 @@ A card counts once, with its latest reported outcome; ignored = shown with no fe
 <td>{{ reason.system or "" }}</td><td>{{ reason.overridden }}</td></tr>
 {% else %}<tr><td colspan="3">none</td></tr>{% endfor %}
 </table>
+<h2>Not shown again after an override</h2>
+<p>{{ quieted.total }} cards were not repeated: the clinician had overridden one about the
+same factors, with nothing new since (override quieting).</p>
+{% if quieted.rules %}<table><tr><th>rule</th><th>not shown again</th></tr>
+{% for rule, count in quieted.rules | dictsort(by="value", reverse=true) %}
+<tr><td>{{ labels[rule] ~ " (" ~ rule ~ ")" if rule in labels else rule }}</td>
+<td>{{ count }}</td></tr>{% endfor %}</table>{% endif %}
 <h2>Feedback before its card's record</h2>
 <ul>{% for line in reconciliation[1:] %}<li>{{ line.strip() }}</li>{% endfor %}</ul>
 </body></html>
@@ -160,5 +176,5 @@ def render_html(report: Report, labels: dict[str, str] | None = None) -> str:
         since=data["since"], generated=data["generated_at"], columns=COLUMNS, tables=tables,
         rate=lambda c: "-" if c["acceptance_rate"] is None else f"{c['acceptance_rate']:.0%}",
         reasons=sorted(report.override_reasons.values(), key=lambda r: -r.overridden),
-        reconciliation=reconciliation_lines(report),
+        reconciliation=reconciliation_lines(report), quieted=report.quieted, labels=labels,
         chart=base64.b64encode(weekly_chart_png(report, labels)).decode("ascii"))

@@ -149,13 +149,20 @@ def _criterion(factor_id: str, spec: dict) -> LabCriterion:
     kind = comparisons[0]
     comparison = {"above": "above", "above_uln_multiple": "above", "below": "below",
                   "below_uln_multiple": "below", "at_least": "at least"}[kind]
+    worse_at = tuple(float(limit) for limit in spec.get("worse_at", ()))
+    first = float(spec[kind])
+    # Each further limit lies further from the normal range than the one before.
+    steps = (first, *worse_at)
+    if any((b >= a) if comparison == "below" else (b <= a) for a, b in zip(steps, steps[1:])):
+        raise KnowledgeError(f"factor {factor_id}: worse_at must move away from {first} in order")
     if kind.endswith("uln_multiple"):
         if "default_uln" not in spec:
             raise KnowledgeError(f"factor {factor_id}: a ULN multiple needs default_uln")
-        return LabCriterion(spec["lab"], comparison, uln_multiple=float(spec[kind]),
-                            default_uln=float(spec["default_uln"]))
-    return LabCriterion(spec["lab"], comparison, threshold=float(spec[kind]),
-                        in_unit={u: float(v) for u, v in spec.get("in_unit", {}).items()})
+        return LabCriterion(spec["lab"], comparison, uln_multiple=first,
+                            default_uln=float(spec["default_uln"]), worse_at=worse_at)
+    return LabCriterion(spec["lab"], comparison, threshold=first,
+                        in_unit={u: float(v) for u, v in spec.get("in_unit", {}).items()},
+                        worse_at=worse_at)
 
 
 def _factor(fid: str, spec: dict) -> Factor:

@@ -293,6 +293,16 @@ class LabCriterion:
     # The same fixed limit as published in other units: compared in the unit reported, so
     # conversion rounding cannot push a value at the limit over it.
     in_unit: dict[str, float] = field(default_factory=dict)
+    # Further limits past the first, in the same terms (canonical unit or ULN multiple): a
+    # result past one more of them is "worse" and shows an overridden card again (quieting).
+    worse_at: tuple[float, ...] = ()
+
+    def band(self, value: float, uln: float | None = None) -> int:
+        """How many `worse_at` limits a result (already past the first limit) is past."""
+        measure = value / uln if self.uln_multiple is not None and uln else value
+        if self.comparison == "below":
+            return sum(measure < limit for limit in self.worse_at)
+        return sum(measure > limit for limit in self.worse_at)
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,12 @@ class Settings:
     # The longest a feedback call waits for its store before answering 503 (Retry-After): it
     # runs on a worker that also serves cards.
     feedback_store_timeout_seconds: float = 0.05
+    # A patient-view card the clinician overrode is not shown again for this many days while
+    # nothing new appears (0: never quieted); critical cards always show.
+    override_quiet_days: int = 30
+    # The longest a hook call waits to read those overrides (PostgreSQL) before showing every
+    # card.
+    override_store_timeout_seconds: float = 0.05
 
     def fhir_server_allowed(self, url: str, iss: str | None) -> bool:
         """Only configured FHIR servers are contacted; in development, loopback ones only."""
@@ -148,6 +154,10 @@ def load_settings(path: str | Path | None = None) -> Settings:
             replay_store_timeout_seconds=float(spec.get("replay_store_timeout_seconds", 0.05)),
             feedback_store_timeout_seconds=float(spec.get("feedback_store_timeout_seconds",
                                                           0.05)),
+            override_quiet_days=_non_negative_int(spec.get("override_quiet_days", 30),
+                                                  "override_quiet_days"),
+            override_store_timeout_seconds=float(spec.get("override_store_timeout_seconds",
+                                                          0.05)),
             **extra,
         )
     except (TypeError, ValueError) as exc:
@@ -155,6 +165,12 @@ def load_settings(path: str | Path | None = None) -> Settings:
 
 
 MIN_KEY_BYTES = 16
+
+
+def _non_negative_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{name} must be a whole number of days, 0 or more")
+    return value
 
 
 def read_key_file(path: Path) -> bytes:

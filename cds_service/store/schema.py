@@ -46,8 +46,13 @@ issued_card = sa.Table(
     sa.Column("selection_behavior", sa.String(16)),
     sa.Column("patient_pseudonym", sa.String(64), nullable=False),
     sa.Column("issued_at", UTCDateTime(), nullable=False),
+    # What the card was about (clinical/repeat_keys.py) as keyed hashes, and their digest: an
+    # override of it quiets later cards about nothing more (feedback/quieting.py).
+    sa.Column("evidence_keys", sa.JSON()),
+    sa.Column("fingerprint", sa.String(32)),
     sa.Index("ix_issued_card_issued_at", "issued_at"),
     sa.Index("ix_issued_card_service_id", "service_id"),
+    sa.Index("ix_issued_card_patient", "patient_pseudonym", "issued_at"),
 )
 
 issued_card_rule = sa.Table(
@@ -110,6 +115,21 @@ early_feedback = sa.Table(
     sa.Column("received_at", UTCDateTime(), nullable=False),
     sa.Column("problem", sa.String(500)),
     sa.Index("ix_early_feedback_card_uuid", "card_uuid"),
+)
+
+# A card not shown because the clinician had overridden one about the same things: counted
+# per rule in the report (the repeats spared). No patient: the count is what a committee needs.
+quieted_card = sa.Table(
+    "quieted_card", metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True,
+              autoincrement=True),
+    sa.Column("service_id", sa.String(100), nullable=False),
+    sa.Column("indicator", sa.String(16), nullable=False),
+    sa.Column("fingerprint", sa.String(32), nullable=False),
+    sa.Column("acknowledged_card_uuid", sa.String(64), nullable=False),
+    sa.Column("rules", sa.JSON(), nullable=False),
+    sa.Column("quieted_at", UTCDateTime(), nullable=False),
+    sa.Index("ix_quieted_card_quieted_at", "quieted_at"),
 )
 
 # The JWT replay cache shared by several hosts (see cds_service/shared_replay.py).

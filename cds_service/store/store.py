@@ -26,6 +26,7 @@ from cds_service.store.schema import (
     issued_card,
     issued_card_rule,
     issued_suggestion,
+    quieted_card,
 )
 
 log = logging.getLogger("cds_service.feedback")
@@ -116,6 +117,33 @@ class ShownCard:
     issued_at: datetime
     rules: tuple[str, ...]
     suggestion_uuids: tuple[str, ...]
+    evidence_keys: tuple[str, ...] = ()  # keyed hashes (ops/privacy.keyed_digests)
+    fingerprint: str | None = None
+
+
+@dataclass(frozen=True)
+class QuietedRecord:
+    """A card not shown because the clinician had overridden one about the same things."""
+
+    service_id: str
+    indicator: str
+    fingerprint: str
+    acknowledged_card_uuid: str
+    rules: tuple[str, ...]
+    quieted_at: datetime
+
+
+@dataclass(frozen=True)
+class OverrideRow:
+    """A card of this patient's whose latest outcome is an override, within the period asked."""
+
+    card_uuid: str
+    hook: str
+    evidence_keys: frozenset[str]
+    outcome_at: datetime
+    reason_system: str | None
+    reason_code: str | None
+    reason_display: str | None
 
 
 @dataclass(frozen=True)
@@ -232,14 +260,23 @@ class FeedbackStore:
         return insert(table).on_conflict_do_nothing(index_elements=list(keys))
 
     # -- shown cards -----------------------------------------------------------------------
-    def record_shown(self, cards: Sequence[ShownCard]) -> None:
+    def record_shown(self, cards: Sequence[ShownCard],
+                     quieted: Sequence[QuietedRecord] = ()) -> None:
         """Insert a batch in one transaction; a card already recorded (a retry) is skipped."""
+        if quieted:
+            with self.write() as connection:
+                connection.execute(sa.insert(quieted_card), [
+                    {"service_id": q.service_id, "indicator": q.indicator,
+                     "fingerprint": q.fingerprint,
+                     "acknowledged_card_uuid": q.acknowledged_card_uuid, "rules": list(q.rules),
+                     "quieted_at": q.quieted_at} for q in quieted])
         if not cards:
             return
         rows = [{"card_uuid": c.card_uuid, "service_id": c.service_id, "hook": c.hook,
                  "hook_instance": c.hook_instance, "indicator": c.indicator,
                  "selection_behavior": c.selection_behavior,
-                 "patient_pseudonym": c.patient_pseudonym, "issued_at": c.issued_at}
+                 "patient_pseudonym": c.patient_pseudonym, "issued_at": c.issued_at,
+                 "evidence_keys": sorted(c.evidence_keys), "fingerprint": c.fingerprint}
                 for c in cards]
         rules = [{"card_uuid": c.card_uuid, "rule_id": r} for c in cards for r in set(c.rules)]
         suggestions = [{"card_uuid": c.card_uuid, "suggestion_uuid": s}
@@ -276,6 +313,35 @@ class FeedbackStore:
                 found.add(row.suggestion_uuid)
         return {row.card_uuid: KnownCard(row.card_uuid, row.service_id, row.selection_behavior,
                                          frozenset(suggestions[row.card_uuid])) for row in rows}
+
+    def recent_overrides(self, patient_pseudonym: str, since: datetime,
+                         limit: int = 200) -> list[OverrideRow]:
+        """This patient's cards shown since `since` whose latest outcome is an override made
+        since then, newest first (one indexed range of the patient's cards)."""
+        rows = self._read_now(
+            sa.select(issued_card.c.card_uuid, issued_card.c.hook, issued_card.c.evidence_keys,
+                      card_feedback.c.outcome, card_feedback.c.outcome_at,
+                      card_feedback.c.reason_system, card_feedback.c.reason_code,
+                      card_feedback.c.reason_display)
+            .join(card_feedback, card_feedback.c.card_uuid == issued_card.c.card_uuid)
+            .where(issued_card.c.patient_pseudonym == patient_pseudonym,
+                   issued_card.c.issued_at >= since)
+            .order_by(card_feedback.c.outcome_at.desc(), card_feedback.c.id.desc())
+            .limit(limit))
+        latest: dict[str, OverrideRow | None] = {}
+        for row in rows:
+            if row.card_uuid in latest:
+                continue  # an older outcome of a card already seen
+            overridden = row.outcome == "overridden" and row.outcome_at >= since
+            latest[row.card_uuid] = OverrideRow(
+                row.card_uuid, row.hook, frozenset(row.evidence_keys or ()), row.outcome_at,
+                row.reason_system, row.reason_code, row.reason_display) if overridden else None
+        return [row for row in latest.values() if row is not None]
+
+    def _read_now(self, query) -> list:
+        """One short read, on a connection of its own (no explicit transaction to keep)."""
+        with self.engine.connect() as connection:
+            return connection.execute(query).all()
 
     # -- feedback --------------------------------------------------------------------------
     def insert_feedback(self, connection: Connection, rows: Sequence[dict]) -> int:

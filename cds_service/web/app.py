@@ -18,6 +18,7 @@ from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
 
 from cds_service.cards.writer import absolute_service_urls
+from cds_service.cdshooks.acknowledgements import Recall
 from cds_service.cdshooks.engine import HookEngine, HookResult
 from cds_service.cdshooks.services import SERVICES
 from cds_service.errors import ServiceError, UnknownService
@@ -56,6 +57,8 @@ class WebParts:
     mint_card_id: Callable[[str], str]
     # Given each call's result after it is answered (e.g. the record of shown cards).
     on_cards_issued: list[Callable[[HookResult], None]] = field(default_factory=list)
+    # The patient's recent overrides (override quieting); None: every card is shown.
+    recall: Recall | None = None
     blueprints: Sequence[Blueprint] = ()
     ready_checks: dict[str, Callable[[], bool]] = field(default_factory=dict)
 
@@ -100,7 +103,7 @@ def build_app(parts: WebParts) -> Flask:
         stats = FetchStats()
         try:
             result = engine.run(service, body, clock(), client_iss=state.client_iss,
-                                stats=stats)
+                                stats=stats, recall=parts.recall)
         except ServiceError as exc:
             log.info("hook %s patient=%s status=%d reason=%s", service_id, patient_tag,
                      exc.status, type(exc).__name__)
@@ -127,8 +130,9 @@ def build_app(parts: WebParts) -> Flask:
                 listener(result)
             except Exception:
                 log.exception("a cards-issued listener failed")
-        log.info("hook %s patient=%s status=200 cards=%d fhir_requests=%d ms=%.1f", service_id,
-                 patient_tag, len(response["cards"]), stats.requests,
+        log.info("hook %s patient=%s status=200 cards=%d quieted=%d fhir_requests=%d ms=%.1f",
+                 service_id, patient_tag, len(response["cards"]), len(result.quieted),
+                 stats.requests,
                  (time.perf_counter() - state.started) * 1000)
         answer = _json(response)
         # How many FHIR requests the call needed (0 with complete prefetch), for operators.
