@@ -28,6 +28,7 @@ bench: $(STAMP)
 	@command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk) || \
 		{ echo "wrk is missing: run 'apt-get install wrk' (Debian) as root" >&2; exit 1; }
 	$(BIN)/python bench/load.py
+	$(BIN)/python bench/quieting.py
 	$(BIN)/python bench/alert_burden.py
 
 alert-burden: $(STAMP)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import re
 import socket
 import time
 from datetime import timedelta, timezone
@@ -380,3 +382,19 @@ def test_every_card_shown_is_recorded(client, store):
             issued_card.c.card_uuid == card["uuid"])).one()
     assert row.issued_at == ANCHOR
     assert row.service_id == ORDER_SIGN
+
+
+def test_feedback_calls_are_logged_like_hook_calls(client, caplog):
+    """Counts, service and status; never the card, the patient or the reason."""
+    card = show_card(client)
+    caplog.set_level(logging.INFO, logger="cds_service")
+    assert post(client, [overridden(card), overridden(card)]).status_code == 200
+    assert post(client, [{"card": card["uuid"]}]).status_code == 400
+    assert client.post("/cds-services/nope/feedback", json={"feedback": []}).status_code == 404
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("feedback ")]
+    assert re.fullmatch(r"feedback calciphylaxis-order-sign status=200 entries=2 stored=1 "
+                        r"duplicates=1 ms=[\d.]+", lines[0]), lines
+    assert lines[1].startswith("feedback calciphylaxis-order-sign status=400 entries=0 ")
+    assert lines[2].startswith("feedback unknown-service status=404 ")
+    logged = " ".join(lines)
+    assert card["uuid"] not in logged and "benefit" not in logged.lower()

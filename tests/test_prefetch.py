@@ -121,3 +121,48 @@ def test_resources_under_a_key_the_client_named_itself_are_read(knowledge):
     fetcher = Recorder()
     data = gather(Request(prefetch), patient_searches(knowledge), fetcher, NOW, 1e12, Stats())
     assert dose in data.resources and fetcher.keys == []
+
+
+class RecordingFetcher:
+    """Stands in for the FHIR client: records what the hook path asks of it."""
+
+    def __init__(self):
+        self.calls: list[str] = []
+
+    def fetch(self, request, keys, now, deadline, stats, optional=frozenset()):
+        self.calls += keys
+        return {key: [] for key in keys}
+
+    def read(self, request, references, deadline, stats):
+        self.calls += references
+        return []
+
+
+def _order_select(medication: dict | None) -> dict:
+    draft = {"resourceType": "MedicationRequest", "id": "draft-1", "status": "draft",
+             "intent": "order", "subject": {"reference": "Patient/p1"}, **(medication or {})}
+    return {"hook": "order-select", "hookInstance": "d6d5b6b2-7b8e-4b8f-9d0c-1a2b3c4d5e6f",
+            "fhirServer": "http://127.0.0.1:9/fhir",
+            "context": {"userId": "Practitioner/1", "patientId": "p1",
+                        "selections": ["MedicationRequest/draft-1"],
+                        "draftOrders": {"resourceType": "Bundle", "type": "collection",
+                                        "entry": [{"resource": draft}]}}}
+
+
+def test_order_select_with_no_drug_chosen_asks_the_fhir_server_nothing():
+    """The Sandbox sends order-select on page load with an empty draft: no card can follow."""
+    from cds_service.bootstrap import create_engine
+    from cds_service.cdshooks.services import SERVICES
+
+    fetcher = RecordingFetcher()
+    engine = create_engine(fetcher=fetcher)
+    service = SERVICES["calciphylaxis-order-select"]
+    now = datetime(2026, 11, 20, tzinfo=UTC)
+    assert engine.call(service, _order_select(None), now) == {"cards": []}
+    empty = {"medicationCodeableConcept": {"coding": []}}
+    assert engine.call(service, _order_select(empty), now) == {"cards": []}
+    assert fetcher.calls == []
+    # With a drug chosen the patient's data is needed, and asked for.
+    warfarin = {"medicationCodeableConcept": {"text": "warfarin 5 mg tablet"}}
+    engine.call(service, _order_select(warfarin), now)
+    assert "medications" in fetcher.calls

@@ -77,6 +77,10 @@ class HookEngine:
         """Answer a decoded request body; also says which cards were issued and why. With
         `recall`, cards the clinician already overrode are quieted or annotated."""
         request = dataclasses.replace(parse_request(service, body), client_iss=client_iss)
+        if service.hook != "patient-view" and not _drugs_to_judge(request):
+            # No drug chosen yet (the Sandbox's order-select on page load): nothing can be
+            # judged, so nothing is fetched.
+            return HookResult(request, {"cards": []}, [])
         _record, assessment = self.assess(request, now, stats)
         issued = self.cards(request, assessment)
         quieted: list[QuietedCard] = []
@@ -111,6 +115,21 @@ class HookEngine:
              stats: FetchStats | None = None) -> dict:
         """The CDS Hooks response for a decoded request body."""
         return self.run(service, body, now, client_iss=client_iss, stats=stats).response
+
+
+def _drugs_to_judge(request: HookRequest) -> bool:
+    """Whether a draft (a selected one, for order-select) names a medicine at all."""
+    for order in request.draft_orders:
+        if order.get("resourceType") != "MedicationRequest":
+            continue
+        if request.selections is not None and \
+                f"MedicationRequest/{order.get('id')}" not in request.selections:
+            continue
+        concept = order.get("medicationCodeableConcept")
+        if (isinstance(concept, dict) and (concept.get("coding") or concept.get("text"))) \
+                or order.get("medicationReference"):
+            return True
+    return False
 
 
 def service_for_hook(hook: str) -> Service | None:

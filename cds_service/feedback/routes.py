@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from datetime import datetime
 from functools import partial
 
 import orjson
-from flask import Blueprint, Response
+from flask import Blueprint, Response, request
 from prometheus_client import Counter
 
 from cds_service.cards.ids import CardIds
@@ -20,6 +22,7 @@ from cds_service.store.store import FeedbackStore, StoreUnavailable
 from cds_service.web.body import decode_json_body  # the hook calls' body rules (415, 413, 400)
 from cds_service.web.state import call_state
 
+log = logging.getLogger("cds_service")
 FEEDBACK = Counter("cds_feedback_reports_total", "Feedback reports received",
                    ["service", "result"])  # stored | duplicate | invalid | unavailable
 
@@ -45,6 +48,7 @@ def feedback_blueprint(store: FeedbackStore, card_ids: CardIds, clock: Callable[
             raise UnknownService(f"no CDS service '{service_id}'; see GET /cds-services")
         now = clock()
         entries = parse_feedback(decode_json_body(), now)
+        call_state().feedback_entries = len(entries)
         try:
             result = guard.call(partial(submit_feedback, store, service_id, entries,
                                         client_iss=call_state().client_iss, received_at=now,
@@ -58,7 +62,20 @@ def feedback_blueprint(store: FeedbackStore, card_ids: CardIds, clock: Callable[
                 from None
         FEEDBACK.labels(service_id, "stored").inc(result.stored)
         FEEDBACK.labels(service_id, "duplicate").inc(result.duplicates)
+        state = call_state()
+        state.feedback_stored, state.feedback_duplicates = result.stored, result.duplicates
         return _json({"stored": result.stored, "duplicates": result.duplicates})
+
+    @blueprint.after_request
+    def log_feedback_call(response: Response) -> Response:
+        # One line per feedback call, as for hook calls: counts and status, no card or patient.
+        service_id = (request.view_args or {}).get("service_id")
+        state = call_state()
+        log.info("feedback %s status=%d entries=%d stored=%d duplicates=%d ms=%.1f",
+                 service_id if service_id in SERVICES else "unknown-service",
+                 response.status_code, state.feedback_entries, state.feedback_stored,
+                 state.feedback_duplicates, (time.perf_counter() - state.started) * 1000)
+        return response
 
     @blueprint.errorhandler(FeedbackInvalid)
     def invalid_feedback(exc: FeedbackInvalid):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import tomllib
 from pathlib import Path
@@ -153,7 +154,8 @@ def _criterion(factor_id: str, spec: dict) -> LabCriterion:
     first = float(spec[kind])
     # Each further limit lies further from the normal range than the one before.
     steps = (first, *worse_at)
-    if any((b >= a) if comparison == "below" else (b <= a) for a, b in zip(steps, steps[1:])):
+    if any((b >= a) if comparison == "below" else (b <= a)
+           for a, b in itertools.pairwise(steps)):
         raise KnowledgeError(f"factor {factor_id}: worse_at must move away from {first} in order")
     if kind.endswith("uln_multiple"):
         if "default_uln" not in spec:

@@ -17,6 +17,10 @@ class CallState:
     cards: list[dict] = field(default_factory=list)  # the cards answered
     fhir_requests: int = 0
     fhir_seconds: float = 0.0
+    # Feedback calls: reports received, newly stored, already stored.
+    feedback_entries: int = 0
+    feedback_stored: int = 0
+    feedback_duplicates: int = 0
 
 
 def begin_call(started: float | None = None) -> CallState:
