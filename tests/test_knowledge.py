@@ -167,3 +167,28 @@ def test_calciphylaxis_text_that_denies_it_does_not_count(knowledge, code, text,
 ])
 def test_acute_and_non_session_procedures_are_not_maintenance_dialysis(knowledge, system, code):
     assert not knowledge.procedures["dialysis"].match(((system, code, ""),), "")
+
+
+def test_worse_at_limits_must_lead_away_from_the_first(tmp_path):
+    """A band that went back towards normal would make a better result count as "worse"."""
+    import shutil
+
+    from cds_service.knowledge import KNOWLEDGE_DIR, KnowledgeError
+
+    shutil.copytree(KNOWLEDGE_DIR / "valuesets", tmp_path / "valuesets")
+    text = (KNOWLEDGE_DIR / "knowledge.toml").read_text()
+    (tmp_path / "knowledge.toml").write_text(text.replace("worse_at = [15.0, 25.0]",
+                                                          "worse_at = [25.0, 15.0]"))
+    with pytest.raises(KnowledgeError, match="worse_at"):
+        load_knowledge(tmp_path)
+    (tmp_path / "knowledge.toml").write_text(text.replace("worse_at = [1.0]",
+                                                          "worse_at = [3.0]"))
+    with pytest.raises(KnowledgeError, match="worse_at"):
+        load_knowledge(tmp_path)
+
+
+def test_a_result_band_counts_the_further_limits_passed(knowledge):
+    [pth_high] = knowledge.factors["high_pth"].labs
+    assert [pth_high.band(v, 65.0) for v in (600, 1000, 1700)] == [0, 1, 2]
+    [pth_low] = knowledge.factors["low_pth"].labs
+    assert [pth_low.band(v, 65.0) for v in (100, 50)] == [0, 1]

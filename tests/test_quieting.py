@@ -258,3 +258,16 @@ def test_quieted_cards_are_recorded_without_the_patient(database):
             [row] = connection.execute(sa.select(quieted_card)).all()
         assert row.acknowledged_card_uuid == card["uuid"]
         assert "pseudonym" not in row._fields and "patient" not in " ".join(row._fields)
+
+
+def test_the_quiet_period_is_configured_in_days(tmp_path):
+    from cds_service.ops.config import ConfigError, load_settings
+
+    config = tmp_path / "service.toml"
+    config.write_text("override_quiet_days = 14\n")
+    assert load_settings(config).override_quiet_days == 14
+    assert Settings().override_quiet_days == 30
+    for wrong in ("-1", "1.5", '"30"', "true"):
+        config.write_text(f"override_quiet_days = {wrong}\n")
+        with pytest.raises(ConfigError, match="override_quiet_days"):
+            load_settings(config)
