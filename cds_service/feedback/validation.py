@@ -1,32 +1,26 @@
 """CDS Hooks feedback (F1) request validation: every problem is reported with its entry index.
 
-Two passes: `parse_feedback` checks the shape of each entry on its own; `check_against_cards`
-then checks them against the cards this service issued (read in the storing transaction).
-Unknown fields and `extension` objects are ignored, as everywhere in CDS Hooks.
+Two passes: `parse_feedback` checks the shape of each entry on its own (the models of
+cdshooks/feedback.py, which /openapi.json also describes); `check_against_cards` then checks
+them against the cards this service issued (read in the storing transaction). Unknown fields
+and `extension` objects are ignored, as everywhere in CDS Hooks.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+
+from cds_service.cdshooks.feedback import MAX_ENTRIES, FeedbackItem, FeedbackRequest
+from cds_service.cdshooks.wire import is_blank, is_own, path, sentence
 from cds_service.errors import BadRequest
 from cds_service.store.store import KnownCard, suggestion_misfits
-
-MAX_ENTRIES = 1000
-MAX_ID_LENGTH = 64  # card and suggestion uuids (ours are 36 characters)
-MAX_CODE_LENGTH = 200
-MAX_TEXT_LENGTH = 500
-MAX_COMMENT_LENGTH = 4000
-# An outcome from the future is a broken clock or a forged report; allow ordinary clock skew.
-FUTURE_TOLERANCE = timedelta(minutes=5)
-OUTCOMES = ("accepted", "overridden")
-# A FHIR instant: date, time to the second, optional fraction, and a zone (Z or an offset).
-_INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
 
 
 @dataclass(frozen=True)
@@ -66,141 +60,61 @@ class FeedbackEntry:
         return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
 
-def _text(value: Any, where: str, problems: list[Problem], limit: int, *,
-          required: bool = True) -> str | None:
-    if value is None:
-        if required:
-            problems.append(Problem(where, "is required"))
-        return None
-    if not isinstance(value, str) or not value.strip():
-        problems.append(Problem(where, "must be a non-empty string"))
-        return None
-    if len(value) > limit:
-        problems.append(Problem(where, f"is longer than {limit} characters"))
-        return None
-    return value
+_ENTRY_LIMIT = f"has more than {MAX_ENTRIES} entries; send them in several requests"
+_INSTANT_FORM = "must be an instant with a zone, like 2026-11-20T14:05:00Z"
+# Fields whose wrong JSON type (or absence) gets its own sentence; `*` is any index.
+_SHAPES: dict[tuple[str, ...], str] = {
+    (): "must be an object with a feedback array",
+    ("feedback",): "is required and must be an array",
+    ("feedback", "*"): "must be an object",
+    ("feedback", "*", "outcome"): "must be 'accepted' or 'overridden'",
+    ("feedback", "*", "acceptedSuggestions"): 'must be an array of {{"id": suggestion uuid}}',
+    ("feedback", "*", "acceptedSuggestions", "*"): "must be an object with an id",
+    ("feedback", "*", "overrideReason"): "must be an object with a reason Coding and/or a "
+                                         "userComment",
+    ("feedback", "*", "overrideReason", "reason"): "must be a Coding object",
+}
+_BY_TYPE = {"too_short": "must have at least one entry", "too_long": _ENTRY_LIMIT,
+            "string_type": "must be a non-empty string",
+            "string_pattern_mismatch": "must be a non-empty string",
+            "string_too_long": "is longer than {max_length} characters"}
 
 
-def _uuid(value: Any, where: str, problems: list[Problem]) -> str | None:
-    text = _text(value, where, problems, MAX_ID_LENGTH + len("urn:uuid:"))
-    return text.removeprefix("urn:uuid:") if text else None  # the URN form is the same id
+def _problem(error: ErrorDetails) -> Problem:
+    kind, loc, value = error["type"], error["loc"], error.get("input")
+    where = path(loc) or "body"
+    if is_own(kind):
+        return Problem(where, error["msg"])
+    if kind not in ("too_short", "too_long") and (shape := sentence(_SHAPES, loc)):
+        return Problem(where, shape)
+    if kind == "missing" or value is None:
+        return Problem(where, "is required")
+    if loc[-1] == "outcomeTimestamp":
+        return Problem(where, _INSTANT_FORM)
+    if is_blank(value):
+        kind = "string_pattern_mismatch"
+    return Problem(where, _BY_TYPE.get(kind, "is not valid").format(**error.get("ctx", {})))
 
 
-def _instant(value: Any, where: str, now: datetime, problems: list[Problem]) -> datetime | None:
-    if value is None:
-        problems.append(Problem(where, "is required"))
-        return None
-    if not isinstance(value, str) or not (match := _INSTANT.match(value)):
-        problems.append(Problem(where, "must be an instant with a zone, like "
-                                       "2026-11-20T14:05:00Z"))
-        return None
-    fraction = match.group(1) or ""
-    try:  # fromisoformat takes at most microseconds
-        parsed = datetime.fromisoformat(value.replace(fraction, fraction[:7], 1))
-    except ValueError:
-        problems.append(Problem(where, "is not a valid date and time"))
-        return None
-    parsed = parsed.astimezone(UTC)
-    if parsed > now + FUTURE_TOLERANCE:
-        problems.append(Problem(where, "is in the future"))
-        return None
-    return parsed
-
-
-def _accepted_suggestions(value: Any, where: str, problems: list[Problem]) -> tuple[str, ...]:
-    if not isinstance(value, list):
-        problems.append(Problem(where, "must be an array of {\"id\": suggestion uuid}"))
-        return ()
-    ids: list[str] = []
-    for position, item in enumerate(value):
-        here = f"{where}[{position}]"
-        if not isinstance(item, dict):
-            problems.append(Problem(here, "must be an object with an id"))
-            continue
-        if (suggestion := _uuid(item.get("id"), f"{here}.id", problems)) is not None:
-            ids.append(suggestion)
-    return tuple(dict.fromkeys(ids))
-
-
-def _parse_entry(index: int, entry: Any, now: datetime,
-                 problems: list[Problem]) -> FeedbackEntry | None:
-    where = f"feedback[{index}]"
-    if not isinstance(entry, dict):
-        problems.append(Problem(where, "must be an object"))
-        return None
-    before = len(problems)
-    card = _uuid(entry.get("card"), f"{where}.card", problems)
-    outcome = entry.get("outcome")
-    if outcome not in OUTCOMES:
-        problems.append(Problem(f"{where}.outcome", "must be 'accepted' or 'overridden'"))
-    outcome_at = _instant(entry.get("outcomeTimestamp"), f"{where}.outcomeTimestamp", now,
-                          problems)
-    accepted: tuple[str, ...] = ()
-    suggestions = entry.get("acceptedSuggestions")
-    if outcome == "accepted":
-        if suggestions is None:
-            problems.append(Problem(f"{where}.acceptedSuggestions",
-                                    "is required when the outcome is accepted"))
-        else:
-            accepted = _accepted_suggestions(suggestions, f"{where}.acceptedSuggestions",
-                                             problems)
-    elif outcome == "overridden" and suggestions not in (None, []):
-        problems.append(Problem(f"{where}.acceptedSuggestions",
-                                "is only for an accepted outcome"))
-    reason: dict[str, str | None] = {}
-    if (override := entry.get("overrideReason")) is not None and outcome in OUTCOMES:
-        if outcome == "accepted":
-            problems.append(Problem(f"{where}.overrideReason", "is only for an overridden "
-                                                               "outcome"))
-        else:
-            reason = _override_reason(override, f"{where}.overrideReason", problems)
-    if len(problems) > before:
-        return None
-    return FeedbackEntry(index, card, outcome, outcome_at, accepted, **reason)
-
-
-def _override_reason(value: Any, where: str, problems: list[Problem]) -> dict[str, str | None]:
-    if not isinstance(value, dict):
-        problems.append(Problem(where, "must be an object with a reason Coding and/or a "
-                                       "userComment"))
-        return {}
-    coding, comment = value.get("reason"), value.get("userComment")
-    if coding is None and comment is None:
-        problems.append(Problem(where, "needs a reason, a userComment or both"))
-        return {}
-    reason: dict[str, str | None] = {
-        "user_comment": _text(comment, f"{where}.userComment", problems, MAX_COMMENT_LENGTH,
-                              required=False)}
-    if coding is not None:
-        if not isinstance(coding, dict):
-            problems.append(Problem(f"{where}.reason", "must be a Coding object"))
-        else:
-            reason["reason_system"] = _text(coding.get("system"), f"{where}.reason.system",
-                                            problems, MAX_TEXT_LENGTH)
-            reason["reason_code"] = _text(coding.get("code"), f"{where}.reason.code", problems,
-                                          MAX_CODE_LENGTH)
-            reason["reason_display"] = _text(coding.get("display"), f"{where}.reason.display",
-                                             problems, MAX_TEXT_LENGTH, required=False)
-    return reason
+def _entry(index: int, item: FeedbackItem) -> FeedbackEntry:
+    reason = item.overrideReason
+    coding = reason.reason if reason else None
+    return FeedbackEntry(
+        index, item.card, item.outcome, item.outcomeTimestamp,
+        tuple(dict.fromkeys(s.id for s in item.acceptedSuggestions or ())),
+        reason_system=coding.system if coding else None,
+        reason_code=coding.code if coding else None,
+        reason_display=coding.display if coding else None,
+        user_comment=reason.userComment if reason else None)
 
 
 def parse_feedback(body: Any, now: datetime) -> list[FeedbackEntry]:
     """The entries of a feedback request, or FeedbackInvalid naming every bad one."""
-    if not isinstance(body, dict):
-        raise FeedbackInvalid([Problem("body", "must be an object with a feedback array")])
-    entries = body.get("feedback")
-    if not isinstance(entries, list):
-        raise FeedbackInvalid([Problem("feedback", "is required and must be an array")])
-    if not entries:
-        raise FeedbackInvalid([Problem("feedback", "must have at least one entry")])
-    if len(entries) > MAX_ENTRIES:
-        raise FeedbackInvalid([Problem("feedback", f"has more than {MAX_ENTRIES} entries; "
-                                                   "send them in several requests")])
-    problems: list[Problem] = []
-    parsed = [_parse_entry(index, entry, now, problems) for index, entry in enumerate(entries)]
-    if problems:
-        raise FeedbackInvalid(problems)
-    return [entry for entry in parsed if entry is not None]
+    try:
+        request = FeedbackRequest.model_validate(body, context={"now": now})
+    except ValidationError as exc:
+        raise FeedbackInvalid([_problem(error) for error in exc.errors()]) from None
+    return [_entry(index, item) for index, item in enumerate(request.feedback)]
 
 
 def check_against_cards(service_id: str, entries: list[FeedbackEntry],

@@ -1,14 +1,29 @@
-"""Settings, read once at start from an optional TOML file (no file: development mode)."""
+"""Settings, read once at start from an optional TOML file (no file: development mode) and the
+CDS_* environment variables, both declared as pydantic models."""
 
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -16,26 +31,64 @@ DEFAULT_PORT = 8080
 # config lists them. Symmetric (HS*) and `none` can never be configured.
 DEFAULT_ALGORITHMS = ("ES384", "RS384")
 SUPPORTED_ALGORITHMS = frozenset({"ES384", "RS384", "ES256", "RS256"})
+MIN_KEY_BYTES = 16
 
 
 class ConfigError(ValueError):
     """The configuration file is unreadable or inconsistent."""
 
 
-@dataclass(frozen=True)
-class TrustedClient:
-    """An EHR allowed to call the service (issuer of its JWTs) and the FHIR servers it may send."""
-
-    iss: str
-    jwks: dict | None = None  # inline JWK Set (from `jwks` or `jwks_file`)
-    jku: str | None = None  # the only URL its keys may be fetched from
-    tenant: str | None = None
-    fhir_servers: tuple[str, ...] = ()
-    algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
+def _https_jku(jku: str | None) -> str | None:
+    # Keys fetched over plain HTTP could be swapped in transit; loopback is for tests.
+    parts = urlsplit(jku) if jku is not None else None
+    if parts is not None and not (parts.scheme == "https" or (
+            parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1"))):
+        raise PydanticCustomError("jku", "jku must be an https URL")
+    return jku
 
 
-@dataclass(frozen=True)
-class Settings:
+class TrustedClient(BaseModel):
+    """An EHR allowed to call the service (issuer of its JWTs) and the FHIR servers it may send.
+    In the file, a `[[clients]]` table; `jwks` may also be JSON text or a `jwks_file`."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    iss: StrictStr
+    jwks: dict[str, Any] | None = None  # inline JWK Set (from `jwks` or `jwks_file`)
+    algorithms: Annotated[tuple[Literal["ES384", "RS384", "ES256", "RS256"], ...],
+                          Field(min_length=1)] = DEFAULT_ALGORITHMS
+    jku: Annotated[StrictStr | None, AfterValidator(_https_jku)] = None  # keys' only URL
+    tenant: StrictStr | None = None
+    fhir_servers: tuple[StrictStr, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_keys(cls, entry: Any, info: ValidationInfo) -> Any:
+        """`jwks` as JSON text, or `jwks_file` relative to the config file, read into `jwks`."""
+        if not isinstance(entry, dict) or not isinstance(entry.get("iss"), str):
+            return entry  # the iss is what is wrong with it
+        jwks = entry.get("jwks")
+        try:
+            if isinstance(jwks, str):
+                jwks = json.loads(jwks)
+            if entry.get("jwks_file"):
+                base = (info.context or {}).get("base", Path())
+                jwks = json.loads((base / entry["jwks_file"]).read_text(encoding="utf-8"))
+        except (OSError, ValueError, TypeError) as exc:
+            raise PydanticCustomError("keys", "keys cannot be read: {reason}",
+                                      {"reason": str(exc)}) from None
+        if jwks is None and not entry.get("jku"):
+            raise PydanticCustomError("no_keys", "needs jwks, jwks_file or jku")
+        # The issuers of the entries before this one, when read from the file.
+        if entry["iss"] in (issuers := (info.context or {}).get("issuers", set())):
+            raise PydanticCustomError("repeats", "repeats iss {iss}", {"iss": entry["iss"]})
+        issuers.add(entry["iss"])
+        return {**entry, "jwks": jwks}
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     workers: int = 2
@@ -45,7 +98,7 @@ class Settings:
     cards_dir: Path | None = None
     knowledge_dir: Path | None = None
     # Key for hashing patient ids in logs; random per process unless set (env or file).
-    log_hash_key: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
+    log_hash_key: bytes = Field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     development: bool = True
     source: Path | None = None
     clients: tuple[TrustedClient, ...] = ()
@@ -60,11 +113,11 @@ class Settings:
     # A fetched JWK Set is refetched on an unknown kid at most this often.
     jwks_refetch_cooldown_seconds: float = 60.0
     # Where shown cards and feedback are stored; None: SQLite file instance_dir/cds.sqlite3.
-    database_url: str | None = field(default=None, repr=False)  # may hold a password
+    database_url: str | None = Field(default=None, repr=False)  # may hold a password
     # Key of the patient pseudonyms in that store (CDS_RECORD_HASH_KEY, or read from
     # CDS_RECORD_HASH_KEY_FILE or `record_hash_key_file`); None: one generated and kept in
     # instance_dir, beside the database, where a copy of both allows re-identification.
-    record_hash_key: bytes | None = field(default=None, repr=False)
+    record_hash_key: bytes | None = Field(default=None, repr=False)
     # The longest a hook call waits for the shared JWT replay store before checking without it.
     replay_store_timeout_seconds: float = 0.05
     # The longest a feedback call waits for its store before answering 503 (Retry-After): it
@@ -87,16 +140,113 @@ class Settings:
                    if iss is None or client.iss == iss for allowed in client.fhir_servers)
 
 
+class Environment(BaseSettings):
+    """The CDS_* environment variables (an empty one is unset); they win over the file."""
+
+    model_config = SettingsConfigDict(env_prefix="CDS_", env_ignore_empty=True, extra="ignore")
+
+    log_hash_key: bytes | None = Field(default=None, repr=False)
+    database_url: str | None = Field(default=None, repr=False)
+    record_hash_key: bytes | None = Field(default=None, repr=False)
+    record_hash_key_file: Path | None = None
+
+
+_PUBLIC_BASE_URL = ("public_base_url must be an http(s) URL with a host and no user, query or "
+                    "fragment, e.g. https://cds.hospital.example/")
+
+
+def _public_base_url(value: str) -> str:
+    """The base URL clients call (their JWTs' aud): http(s), a host, nothing else to confuse."""
+    try:
+        parts = urlsplit(value)
+        valid = (parts.scheme in ("https", "http") and parts.hostname
+                 and parts.port is not False and not parts.username and not parts.password
+                 and not parts.query and not parts.fragment and "@" not in parts.netloc)
+    except ValueError:
+        valid = False
+    if not valid:
+        raise PydanticCustomError("public_base_url", _PUBLIC_BASE_URL)
+    return value
+
+
+def _relative(value: Path | None, info: ValidationInfo) -> Path | None:
+    return (info.context["base"] / value).resolve() if value is not None else None
+
+
+# A folder named in the file, relative to the file's folder; "" is none.
+Folder = Annotated[Path | None, BeforeValidator(lambda value: value or None),
+                   AfterValidator(_relative)]
+
+
+class Server(BaseModel):
+    host: str | None = None
+    port: int | None = None
+    workers: int | None = None
+
+
+class ConfigFile(BaseModel):
+    """The TOML file (README 'Configuration'). Unknown keys are ignored; a key left out (TOML
+    has no null) keeps the Settings default."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    database_url: Annotated[StrictStr | None,
+                            BeforeValidator(lambda value: None if value == "" else value)] = None
+    record_hash_key_file: StrictStr | None = None
+    clients: list[TrustedClient] = []
+    server: Server = Server()
+    max_body_bytes: int | None = None
+    cors_origins: tuple[str, ...] | None = None
+    cards_dir: Folder = None
+    knowledge_dir: Folder = None
+    public_base_url: Annotated[StrictStr, AfterValidator(_public_base_url)] | None = None
+    fhir_deadline_seconds: float | None = None
+    jwt_leeway_seconds: float | None = None
+    instance_dir: Folder = None
+    jwks_refetch_cooldown_seconds: float | None = None
+    replay_store_timeout_seconds: float | None = None
+    feedback_store_timeout_seconds: float | None = None
+    # Whole days, 0 or more (0: override quieting off).
+    override_quiet_days: Annotated[StrictInt, Field(ge=0)] | None = None
+    override_store_timeout_seconds: float | None = None
+
+
+_ALGORITHMS = ("algorithms must be a non-empty list drawn from "
+               + ", ".join(sorted(SUPPORTED_ALGORITHMS)))
+# What each [[clients]] key's problem is called (after "clients[N] ").
+_CLIENT_SAYS = {"iss": "needs an iss", "algorithms": _ALGORITHMS,
+                "jku": "jku must be an https URL",
+                "tenant": "tenant must be a string", "jwks": "keys cannot be read: jwks must "
+                                                           "be a JWK Set object",
+                "fhir_servers": "fhir_servers must be a list of URLs"}
+
+
+def _config_error(error: ErrorDetails, path: Path) -> ConfigError:
+    """pydantic's first error, in the words the service has always used."""
+    loc, kind = error["loc"], error["type"]
+    if loc[:1] == ("clients",) and len(loc) >= 2:
+        key = loc[2] if len(loc) > 2 else "iss"  # an entry that is no table lacks an iss
+        own = kind in ("keys", "no_keys", "repeats", "jku")
+        return ConfigError(f"clients[{loc[1]}] "
+                           + (error["msg"] if own else _CLIENT_SAYS.get(str(key), error["msg"])))
+    if loc == ("public_base_url",):
+        return ConfigError(f"invalid value in {path}: {_PUBLIC_BASE_URL}")
+    if loc == ("database_url",):
+        return ConfigError("database_url must be a string like postgresql://user@host/db")
+    where = ".".join(map(str, loc))
+    return ConfigError(f"invalid value in {path}: {where}: {error['msg']}")
+
+
 def load_settings(path: str | Path | None = None) -> Settings:
     """Settings from a TOML file; with none, development defaults on loopback."""
-    env_key = os.environ.get("CDS_LOG_HASH_KEY")
-    extra = {"log_hash_key": env_key.encode()} if env_key else {}
-    if os.environ.get("CDS_DATABASE_URL"):  # the environment wins over the file
-        extra["database_url"] = os.environ["CDS_DATABASE_URL"]
-    if os.environ.get("CDS_RECORD_HASH_KEY"):
-        extra["record_hash_key"] = os.environ["CDS_RECORD_HASH_KEY"].encode()
-    elif os.environ.get("CDS_RECORD_HASH_KEY_FILE"):
-        extra["record_hash_key"] = read_key_file(Path(os.environ["CDS_RECORD_HASH_KEY_FILE"]))
+    env = Environment()
+    extra: dict[str, Any] = {"log_hash_key": env.log_hash_key} if env.log_hash_key else {}
+    if env.database_url:
+        extra["database_url"] = env.database_url
+    if env.record_hash_key:
+        extra["record_hash_key"] = env.record_hash_key
+    elif env.record_hash_key_file:
+        extra["record_hash_key"] = read_key_file(env.record_hash_key_file)
     if path is None:
         return Settings(**extra)
     path = Path(path)
@@ -104,73 +254,17 @@ def load_settings(path: str | Path | None = None) -> Settings:
         spec = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read config {path}: {exc}") from exc
-    base = path.parent
-    server = spec.get("server", {})
-    if not isinstance(spec.get("database_url", ""), str):
-        raise ConfigError("database_url must be a string like postgresql://user@host/db")
-    extra.setdefault("database_url", spec.get("database_url") or None)
-    if spec.get("record_hash_key_file") and "record_hash_key" not in extra:
-        extra["record_hash_key"] = read_key_file(path.parent / spec["record_hash_key_file"])
-
-    def relative(value):
-        return (base / value).resolve() if value else None
-
-    clients = []
-    for index, entry in enumerate(spec.get("clients", [])):
-        if not isinstance(entry, dict) or not isinstance(entry.get("iss"), str):
-            raise ConfigError(f"clients[{index}] needs an iss")
-        jwks = entry.get("jwks")
-        try:
-            if isinstance(jwks, str):
-                jwks = json.loads(jwks)
-            if entry.get("jwks_file"):
-                jwks = json.loads((base / entry["jwks_file"]).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"clients[{index}] keys cannot be read: {exc}") from exc
-        if jwks is None and not entry.get("jku"):
-            raise ConfigError(f"clients[{index}] needs jwks, jwks_file or jku")
-        _check_client(index, entry, clients)
-        clients.append(TrustedClient(
-            iss=entry["iss"], jwks=jwks, jku=entry.get("jku"), tenant=entry.get("tenant"),
-            fhir_servers=tuple(entry.get("fhir_servers", ())),
-            algorithms=tuple(entry.get("algorithms", DEFAULT_ALGORITHMS))))
     try:
-        return Settings(
-            host=str(server.get("host", DEFAULT_HOST)),
-            port=int(server.get("port", DEFAULT_PORT)),
-            workers=int(server.get("workers", 2)),
-            max_body_bytes=int(spec.get("max_body_bytes", Settings.max_body_bytes)),
-            cors_origins=tuple(spec.get("cors_origins", ["*"])),
-            cards_dir=relative(spec.get("cards_dir")),
-            knowledge_dir=relative(spec.get("knowledge_dir")),
-            development=False,
-            source=path,
-            clients=tuple(clients),
-            public_base_url=_public_base_url(spec.get("public_base_url")),
-            fhir_deadline_seconds=float(spec.get("fhir_deadline_seconds", 1.5)),
-            jwt_leeway_seconds=float(spec.get("jwt_leeway_seconds", 30.0)),
-            instance_dir=relative(spec.get("instance_dir")) or Settings.instance_dir,
-            jwks_refetch_cooldown_seconds=float(spec.get("jwks_refetch_cooldown_seconds", 60.0)),
-            replay_store_timeout_seconds=float(spec.get("replay_store_timeout_seconds", 0.05)),
-            feedback_store_timeout_seconds=float(spec.get("feedback_store_timeout_seconds",
-                                                          0.05)),
-            override_quiet_days=_non_negative_int(spec.get("override_quiet_days", 30),
-                                                  "override_quiet_days"),
-            override_store_timeout_seconds=float(spec.get("override_store_timeout_seconds",
-                                                          0.05)),
-            **extra,
-        )
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"invalid value in {path}: {exc}") from exc
-
-
-MIN_KEY_BYTES = 16
-
-
-def _non_negative_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"{name} must be a whole number of days, 0 or more")
-    return value
+        config = ConfigFile.model_validate(spec, context={"base": path.parent, "issuers": set()})
+    except ValidationError as exc:
+        raise _config_error(exc.errors()[0], path) from None
+    if config.record_hash_key_file and "record_hash_key" not in extra:
+        extra["record_hash_key"] = read_key_file(path.parent / config.record_hash_key_file)
+    extra.setdefault("database_url", config.database_url)
+    given = config.model_dump(exclude_none=True, exclude={
+        "server", "clients", "database_url", "record_hash_key_file"})
+    return Settings(**config.server.model_dump(exclude_none=True), **given, development=False,
+                    source=path, clients=tuple(config.clients), **extra)
 
 
 def read_key_file(path: Path) -> bytes:
@@ -182,40 +276,3 @@ def read_key_file(path: Path) -> bytes:
     if len(key) < MIN_KEY_BYTES:
         raise ConfigError(f"the key file {path} holds fewer than {MIN_KEY_BYTES} bytes")
     return key
-
-
-def _public_base_url(value: object) -> str | None:
-    """The base URL clients call (their JWTs' aud): http(s), a host, nothing else to confuse."""
-    if value is None:
-        return None
-    try:
-        parts = urlsplit(value) if isinstance(value, str) else None
-        valid = (parts is not None and parts.scheme in ("https", "http") and parts.hostname
-                 and parts.port is not False and not parts.username and not parts.password
-                 and not parts.query and not parts.fragment and "@" not in parts.netloc)
-    except ValueError:
-        valid = False
-    if not valid:
-        raise ConfigError("public_base_url must be an http(s) URL with a host and no user, "
-                          "query or fragment, e.g. https://cds.hospital.example/")
-    return value
-
-
-def _check_client(index: int, entry: dict, earlier: list[TrustedClient]) -> None:
-    """Refuse settings that would weaken client authentication rather than run with them."""
-    if any(client.iss == entry["iss"] for client in earlier):
-        raise ConfigError(f"clients[{index}] repeats iss {entry['iss']}")
-    algorithms = entry.get("algorithms", DEFAULT_ALGORITHMS)
-    if (not isinstance(algorithms, list | tuple) or not algorithms
-            or not all(isinstance(a, str) and a in SUPPORTED_ALGORITHMS for a in algorithms)):
-        raise ConfigError(f"clients[{index}] algorithms must be a non-empty list drawn from "
-                          + ", ".join(sorted(SUPPORTED_ALGORITHMS)))
-    jku = entry.get("jku")
-    if jku is not None:
-        parts = urlsplit(jku) if isinstance(jku, str) else None
-        loopback = parts is not None and parts.hostname in ("127.0.0.1", "localhost", "::1")
-        # Keys fetched over plain HTTP could be swapped in transit; loopback is for tests.
-        if parts is None or not (parts.scheme == "https" or (parts.scheme == "http" and loopback)):
-            raise ConfigError(f"clients[{index}] jku must be an https URL")
-    if entry.get("tenant") is not None and not isinstance(entry["tenant"], str):
-        raise ConfigError(f"clients[{index}] tenant must be a string")

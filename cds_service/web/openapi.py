@@ -1,217 +1,227 @@
-"""OpenAPI 3 description of the HTTP API, served at GET /openapi.json (no authentication).
+"""OpenAPI 3.1 description of the HTTP API, served at GET /openapi.json (no authentication).
 
-The request schemas mirror what protocol.py accepts (unknown fields allowed, as CDS Hooks
-requires), so schema-driven fuzzing exercises the real parser; one path per service lets each
-carry its own hook and context.
+The request bodies' schemas are generated from the models the server validates them with
+(cdshooks/request.py, cdshooks/feedback.py), so the document says exactly what is accepted and
+schema-driven fuzzing exercises the real parser. One path per service lets each carry its own
+hook and context. The responses are described by the TypedDicts below.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal, NotRequired
+from uuid import UUID
 
 import orjson
 from flask import Blueprint, Response
+from pydantic import BaseModel, Field, TypeAdapter
+from pydantic.json_schema import GenerateJsonSchema
+from typing_extensions import TypedDict  # pydantic reads typing's only from Python 3.12
 
+from cds_service.cdshooks.feedback import FeedbackRequest
+from cds_service.cdshooks.request import CALLS
 from cds_service.cdshooks.services import SERVICES, Service
 
 blueprint = Blueprint("openapi", __name__)
 
-_TEXT = {"type": "string", "minLength": 1, "pattern": r"\S"}
-# The parser reads an optional field sent as null as absent; the schema says so.
-_OPTIONAL_TEXT = {**_TEXT, "nullable": True}
-_OUTCOME_REF = {"$ref": "#/components/schemas/OperationOutcome"}
-
-_ENTRY = {"type": "object", "required": ["resource"],
-          "properties": {"resource": {"type": "object"}}}
-
-_SCHEMAS: dict[str, Any] = {
-    "OperationOutcome": {
-        "type": "object", "required": ["resourceType", "issue"],
-        "properties": {
-            "resourceType": {"type": "string", "enum": ["OperationOutcome"]},
-            "issue": {"type": "array", "minItems": 1, "items": {
-                "type": "object", "required": ["severity", "code"],
-                "properties": {"severity": {"type": "string"}, "code": {"type": "string"},
-                               "diagnostics": {"type": "string"}}}},
-        },
-    },
-    "Discovery": {
-        "type": "object", "required": ["services"],
-        "properties": {"services": {"type": "array", "items": {
-            "type": "object", "required": ["hook", "id", "description"],
-            "properties": {
-                "hook": {"type": "string"}, "id": {"type": "string"},
-                "title": {"type": "string"}, "description": {"type": "string"},
-                "prefetch": {"type": "object", "additionalProperties": {"type": "string"}},
-            }}}},
-    },
-    "Card": {
-        "type": "object", "required": ["uuid", "summary", "indicator", "source"],
-        "properties": {
-            "uuid": {"type": "string", "format": "uuid"},
-            "summary": {"type": "string", "maxLength": 140},
-            "indicator": {"type": "string", "enum": ["info", "warning", "critical"]},
-            "detail": {"type": "string"},
-            "source": {"type": "object", "required": ["label"],
-                       "properties": {"label": {"type": "string"}}},
-            "suggestions": {"type": "array", "items": {"type": "object"}},
-            "selectionBehavior": {"type": "string", "enum": ["at-most-one", "any"]},
-            "overrideReasons": {"type": "array", "items": {
-                "type": "object", "required": ["system", "code", "display"]}},
-            "links": {"type": "array", "items": {
-                "type": "object", "required": ["label", "url", "type"],
-                "properties": {"type": {"type": "string", "enum": ["absolute", "smart"]}}}},
-        },
-    },
-    "CardsResponse": {
-        "type": "object", "required": ["cards"],
-        "properties": {"cards": {"type": "array", "items": {"$ref": "#/components/schemas/Card"}},
-                       "systemActions": {"type": "array", "items": {"type": "object"}}},
-    },
-    "FhirAuthorization": {
-        "type": "object", "required": ["access_token", "token_type"],
-        "properties": {
-            "access_token": _TEXT,
-            "token_type": {"type": "string", "enum": ["Bearer", "bearer"]},
-            "expires_in": {"type": "integer", "nullable": True},
-            "scope": _OPTIONAL_TEXT, "subject": _OPTIONAL_TEXT, "patient": _OPTIONAL_TEXT,
-        },
-    },
-    "Prefetch": {
-        "description": "Key -> FHIR resource or searchset Bundle; null means known empty. "
-                       "A null prefetch is read as none sent.",
-        "type": "object", "nullable": True,
-        "additionalProperties": {"type": "object", "nullable": True},
-    },
-    "DraftOrders": {
-        "type": "object", "required": ["resourceType"],
-        "properties": {
-            "resourceType": {"type": "string", "enum": ["Bundle"]},
-            # A single entry object instead of an array is tolerated (protocol._draft_orders).
-            "entry": {"anyOf": [{"type": "array", "items": _ENTRY}, _ENTRY]},
-        },
-    },
-}
+SCHEMAS = "#/components/schemas/{model}"
 
 
-def _context_schema(service: Service) -> dict:
-    properties: dict[str, Any] = {
-        "userId": {**_TEXT, "maxLength": 256},
-        # A FHIR id, optionally as Patient/id (protocol._resource_id).
-        "patientId": {"type": "string", "pattern": r"^(Patient/)?[A-Za-z0-9.\-]{1,64}$"},
-        "encounterId": {**_OPTIONAL_TEXT, "maxLength": 256},
-    }
-    if "draftOrders" in service.required_context:
-        properties["draftOrders"] = {"$ref": "#/components/schemas/DraftOrders"}
-    if "selections" in service.required_context:
-        properties["selections"] = {"type": "array", "items": {"type": "string", "minLength": 1}}
-    return {"type": "object", "required": list(service.required_context),
-            "properties": properties}
+# --- the responses ------------------------------------------------------------------------------
+
+class Issue(TypedDict):
+    severity: str
+    code: str
+    diagnostics: NotRequired[str]
+    expression: NotRequired[list[str]]  # feedback: the entry, e.g. feedback[2].card
 
 
-def _request_schema(service: Service) -> dict:
-    return {
-        "type": "object", "required": ["hook", "hookInstance", "context"],
-        "properties": {
-            "hook": {"type": "string", "enum": [service.hook]},
-            "hookInstance": {**_TEXT, "maxLength": 256},
-            "context": _context_schema(service),
-            "fhirServer": {"type": "string", "pattern": "^https?://[!-~]+$", "nullable": True},
-            "fhirAuthorization": {"allOf": [{"$ref": "#/components/schemas/FhirAuthorization"}],
-                                  "nullable": True},
-            "prefetch": {"$ref": "#/components/schemas/Prefetch"},
-        },
-    }
+class OperationOutcome(TypedDict):
+    """Every error, as CDS Hooks 3.0 recommends."""
+
+    resourceType: Literal["OperationOutcome"]
+    issue: Annotated[list[Issue], Field(min_length=1)]
 
 
-def _errors(*statuses: int) -> dict:
-    meaning = {400: "Not a valid CDS Hooks request", 401: "Missing or invalid client JWT",
-               404: "Unknown service", 412: "Required data could not be obtained",
-               413: "Request body too large",
-               415: "Body is not JSON (application/json or application/fhir+json, UTF-8)",
-               431: "Request headers too large",
-               503: "The feedback store is unavailable: send the same report again later "
-                    "(Retry-After)"}
-    return {str(s): {"description": meaning[s],
-                     "content": {"application/json": {"schema": _OUTCOME_REF}}}
-            for s in statuses}
+class ServiceDescription(TypedDict):
+    hook: str
+    id: str
+    title: NotRequired[str]
+    description: str
+    prefetch: NotRequired[dict[str, str]]
 
 
-def _service_call(service: Service) -> dict:
+class Discovery(TypedDict):
+    services: list[ServiceDescription]
+
+
+class Source(TypedDict):
+    label: str
+
+
+class OverrideReasonCoding(TypedDict):
+    system: str
+    code: str
+    display: str
+
+
+class Link(TypedDict):
+    label: str
+    url: str
+    type: Literal["absolute", "smart"]
+
+
+class Card(TypedDict):
+    uuid: UUID
+    summary: Annotated[str, Field(max_length=140)]
+    indicator: Literal["info", "warning", "critical"]
+    detail: NotRequired[str]
+    source: Source
+    suggestions: NotRequired[list[dict[str, Any]]]
+    selectionBehavior: NotRequired[Literal["at-most-one", "any"]]
+    overrideReasons: NotRequired[list[OverrideReasonCoding]]
+    links: NotRequired[list[Link]]
+
+
+class CardsResponse(TypedDict):
+    cards: list[Card]
+    systemActions: NotRequired[list[dict[str, Any]]]
+
+
+class FeedbackResult(TypedDict):
+    stored: Annotated[int, Field(ge=0)]
+    duplicates: Annotated[int, Field(ge=0)]  # reports sent before
+
+
+class Health(TypedDict):
+    status: Literal["ok"]
+
+
+class Readiness(TypedDict):
+    status: Literal["ready", "not ready"]
+    failing: list[str]
+
+
+class _Untitled(GenerateJsonSchema):
+    """No title on each property: a field's name is its title ("Hookinstance" says less)."""
+
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False
+
+
+def _schema(shape: Any, components: dict[str, Any]) -> dict[str, Any]:
+    """The JSON schema of a model or TypedDict, its parts moved to components/schemas."""
+    if isinstance(shape, type) and issubclass(shape, BaseModel):
+        schema = shape.model_json_schema(ref_template=SCHEMAS, schema_generator=_Untitled)
+    else:
+        schema = TypeAdapter(shape).json_schema(ref_template=SCHEMAS,
+                                                schema_generator=_Untitled)
+    for name, part in schema.pop("$defs", {}).items():
+        if components.setdefault(name, part) != part:
+            raise ValueError(f"two schemas named {name}")
+    return schema
+
+
+def _ref(shape: Any, components: dict[str, Any]) -> dict[str, str]:
+    components[shape.__name__] = _schema(shape, components)
+    return {"$ref": SCHEMAS.format(model=shape.__name__)}
+
+
+# --- the operations ------------------------------------------------------------------------------
+
+_ERRORS = {
+    400: "Not a valid CDS Hooks request", 401: "Missing or invalid client JWT",
+    404: "Unknown service", 412: "Required data could not be obtained",
+    413: "Request body too large",
+    415: "Body is not JSON (application/json or application/fhir+json, UTF-8)",
+    431: "Request headers too large", 500: "Internal error (logged with the call's trace id)",
+    503: "The feedback store is unavailable: send the same report again later (Retry-After)"}
+_ERROR_HEADERS = {
+    401: {"WWW-Authenticate": {"schema": {"type": "string"}}},
+    503: {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "string"}}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {str(status): {"$ref": f"#/components/responses/{status}"} for status in statuses}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _service_call(service: Service, components: dict[str, Any]) -> dict[str, Any]:
     return {"post": {
         "operationId": service.id,
         "summary": service.title,
         "description": service.description,
-        "requestBody": {"required": True, "content": {
-            "application/json": {"schema": _request_schema(service)}}},
+        "requestBody": {"required": True,
+                        "content": _json(_schema(CALLS[service.hook], components))},
         "responses": {
             "200": {"description": "Cards (an empty list when there is nothing to say)",
-                    "content": {"application/json": {
-                        "schema": {"$ref": "#/components/schemas/CardsResponse"}}}},
-            **_errors(400, 401, 412, 413, 415, 431),
+                    "headers": {"Server-Timing": {
+                        "description": "How many FHIR requests the call needed",
+                        "schema": {"type": "string"}}},
+                    "content": _json(_ref(CardsResponse, components))},
+            **_errors(400, 401, 412, 413, 415, 431, 500),
         },
     }}
 
 
-_INSTANT = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$"
-_FEEDBACK_ENTRY = {
-    "type": "object", "required": ["card", "outcome", "outcomeTimestamp"],
-    "properties": {
-        "card": {**_TEXT, "maxLength": 73, "description": "The card's uuid (or urn:uuid:)"},
-        "outcome": {"type": "string", "enum": ["accepted", "overridden"]},
-        "outcomeTimestamp": {"type": "string", "pattern": _INSTANT},
-        "acceptedSuggestions": {"type": "array", "items": {
-            "type": "object", "required": ["id"],
-            "properties": {"id": {**_TEXT, "maxLength": 73}}}},
-        "overrideReason": {"type": "object", "properties": {
-            "reason": {"type": "object", "required": ["system", "code"], "properties": {
-                "system": {**_TEXT, "maxLength": 500}, "code": {**_TEXT, "maxLength": 200},
-                "display": {**_TEXT, "maxLength": 500}}},
-            "userComment": {**_TEXT, "maxLength": 4000}}},
-    },
-}
-
-
-def _feedback(service: Service) -> dict:
+def _feedback(service: Service, components: dict[str, Any]) -> dict[str, Any]:
     return {"post": {
         "operationId": f"{service.id}-feedback",
         "summary": f"Outcomes of the cards of {service.id} (CDS Hooks feedback)",
         "description": "accepted needs acceptedSuggestions; overrideReason only with "
-                       "overridden. A card whose record has not reached the store yet is "
-                       "accepted when its uuid shows this service issued it.",
-        "requestBody": {"required": True, "content": {"application/json": {"schema": {
-            "type": "object", "required": ["feedback"],
-            "properties": {"feedback": {"type": "array", "minItems": 1, "maxItems": 1000,
-                                        "items": _FEEDBACK_ENTRY}}}}}},
+                       "overridden; an outcomeTimestamp no later than now. A card whose record "
+                       "has not reached the store yet is accepted when its uuid shows this "
+                       "service issued it. Each problem is an issue naming its entry.",
+        "requestBody": {"required": True, "content": _json(_ref(FeedbackRequest, components))},
         "responses": {
             "200": {"description": "Stored (a report sent before is counted as a duplicate)",
-                    "content": {"application/json": {"schema": {
-                        "type": "object", "required": ["stored", "duplicates"],
-                        "properties": {"stored": {"type": "integer", "minimum": 0},
-                                       "duplicates": {"type": "integer", "minimum": 0}}}}}},
-            **_errors(400, 401, 413, 415, 431, 503),
+                    "content": _json(_ref(FeedbackResult, components))},
+            **_errors(400, 401, 413, 415, 431, 500, 503),
         },
     }}
 
 
-def openapi_document() -> dict:
+def _unauthenticated_get(operation: str, summary: str, responses: dict[str, Any]) -> dict:
+    return {"get": {"operationId": operation, "summary": summary, "security": [],
+                    "responses": {**responses, **_errors(431, 500)}}}
+
+
+def openapi_document() -> dict[str, Any]:
+    components: dict[str, Any] = {}
     paths: dict[str, Any] = {"/cds-services": {"get": {
         "operationId": "discovery",
         "summary": "CDS Hooks discovery: the services offered",
-        "responses": {"200": {"description": "Services", "content": {"application/json": {
-            "schema": {"$ref": "#/components/schemas/Discovery"}}}}, **_errors(401, 431)},
+        "responses": {"200": {"description": "Services",
+                               "content": _json(_ref(Discovery, components))},
+                      **_errors(401, 431, 500)},
     }}}
     for service in SERVICES.values():
-        paths[f"/cds-services/{service.id}"] = _service_call(service)
-        paths[f"/cds-services/{service.id}/feedback"] = _feedback(service)
+        paths[f"/cds-services/{service.id}"] = _service_call(service, components)
+        paths[f"/cds-services/{service.id}/feedback"] = _feedback(service, components)
+    paths["/health"] = _unauthenticated_get("health", "The process is alive", {
+        "200": {"description": "Alive", "content": _json(_ref(Health, components))}})
+    readiness = _ref(Readiness, components)
+    paths["/ready"] = _unauthenticated_get("ready", "Able to answer hook calls", {
+        "200": {"description": "Ready", "content": _json(readiness)},
+        "503": {"description": "Not ready: the failing checks", "content": _json(readiness)}})
+    paths["/metrics"] = _unauthenticated_get("metrics", "Prometheus metrics", {
+        "200": {"description": "Prometheus text exposition format",
+                "content": {"text/plain": {"schema": {"type": "string"}}}}})
+    outcome = _ref(OperationOutcome, components)
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {"title": "Calciphylaxis risk CDS Hooks service", "version": "1.0",
                  "description": "CDS Hooks 2.0. Every /cds-services call carries the client's "
                                 "signed JWT unless the service runs in development mode."},
         "paths": paths,
         "components": {
-            "schemas": _SCHEMAS,
+            "schemas": components,
+            "responses": {str(status): {"description": meaning, "content": _json(outcome),
+                                        **({"headers": _ERROR_HEADERS[status]}
+                                           if status in _ERROR_HEADERS else {})}
+                          for status, meaning in _ERRORS.items()},
             "securitySchemes": {"cdsHooksJwt": {"type": "http", "scheme": "bearer",
                                                 "bearerFormat": "JWT"}},
         },
