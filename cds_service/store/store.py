@@ -36,6 +36,9 @@ DEFAULT_DATABASE_FILE = "cds.sqlite3"
 # A write waits at most this long for another's lock (SQLite busy timeout): far below the EHR's
 # patience and the worker timeout; the recorder retries, a feedback call answers 503.
 SQLITE_BUSY_SECONDS = 0.25
+# Migrating at start waits longer: several workers (or replicas) starting at once queue behind
+# the first one's `upgrade head`, which on a busy machine takes more than the call-time limit.
+SQLITE_MIGRATION_BUSY_SECONDS = 15.0
 # PostgreSQL: libpq's connect_timeout cannot go below 2 s; statements end after 1 s. Calls on
 # the request path are also bounded by their StoreGuard's deadline.
 PG_CONNECT_TIMEOUT_SECONDS = 2
@@ -67,7 +70,8 @@ def database_url(configured: str | None, instance_dir: Path) -> str:
     return f"sqlite:///{(Path(instance_dir) / DEFAULT_DATABASE_FILE).resolve()}"
 
 
-def make_engine(url: str, *, request_path: bool = False) -> Engine:
+def make_engine(url: str, *, request_path: bool = False,
+                sqlite_busy_seconds: float = SQLITE_BUSY_SECONDS) -> Engine:
     """The store's engine. `request_path`: PostgreSQL reads made during a hook call, where each
     round trip counts: autocommit (no BEGIN, no ROLLBACK) and no ping before each use (a dead
     connection fails the read, its guard shows every card, and the pool reconnects)."""
@@ -75,7 +79,7 @@ def make_engine(url: str, *, request_path: bool = False) -> Engine:
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3, not psycopg2
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(parsed)
+        return _sqlite_engine(parsed, sqlite_busy_seconds)
     if request_path:
         return sa.create_engine(parsed, hide_parameters=True, pool_size=2,
                                 isolation_level="AUTOCOMMIT",
@@ -89,11 +93,11 @@ def make_engine(url: str, *, request_path: bool = False) -> Engine:
                                                      f"{PG_STATEMENT_TIMEOUT_MS}"})
 
 
-def _sqlite_engine(url) -> Engine:
+def _sqlite_engine(url, busy_seconds: float) -> Engine:
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(url, hide_parameters=True,
-                              connect_args={"timeout": SQLITE_BUSY_SECONDS,
+                              connect_args={"timeout": busy_seconds,
                                             "check_same_thread": False})
 
     @sa.event.listens_for(engine, "connect")
@@ -242,13 +246,24 @@ class FeedbackStore:
         """`alembic upgrade head` on this database; safe when several processes start at once."""
         # Alembic's INFO lines are for its own command line; we log one line when it upgrades.
         logging.getLogger("alembic").setLevel(logging.WARNING)
-        from alembic import command
         from alembic.config import Config
-        from alembic.migration import MigrationContext
 
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
-        with self.write() as connection:
+        engine = (make_engine(self.url, sqlite_busy_seconds=SQLITE_MIGRATION_BUSY_SECONDS)
+                  if self.dialect == "sqlite" else self.engine)
+        try:
+            self._upgrade(engine, config)
+        finally:
+            if engine is not self.engine:
+                engine.dispose()
+        self._ready = True
+
+    def _upgrade(self, engine: Engine, config) -> None:
+        from alembic import command
+        from alembic.migration import MigrationContext
+
+        with self.write(engine) as connection:
             if self.dialect == "postgresql":
                 connection.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"),
                                    {"id": _MIGRATION_LOCK_ID})
@@ -264,7 +279,6 @@ class FeedbackStore:
         if before != after:
             log.info("feedback store %s migrated from %s to %s", self.display_url(),
                      before or "empty", after)
-        self._ready = True
 
     def ensure_ready(self) -> None:
         """Migrate once per process, retrying on later calls if the database was down."""
@@ -281,9 +295,9 @@ class FeedbackStore:
 
     # -- transactions ----------------------------------------------------------------------
     @contextmanager
-    def write(self) -> Iterator[Connection]:
+    def write(self, engine: Engine | None = None) -> Iterator[Connection]:
         """A transaction that will write: on SQLite it takes the write lock up front."""
-        engine = self.engine
+        engine = engine or self.engine
         if self.dialect == "sqlite":
             engine = engine.execution_options(cds_sqlite_begin="BEGIN IMMEDIATE")
         with engine.begin() as connection:
