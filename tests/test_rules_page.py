@@ -4,6 +4,7 @@ card the service writes, follow the knowledge file when a committee edits it, an
 
 from __future__ import annotations
 
+import gzip
 import html
 import re
 import shutil
@@ -158,6 +159,14 @@ def test_the_page_needs_no_token_where_hook_calls_do(tmp_path):
     assert response.status_code == 200 and b"how it decides" in response.data
     again = client.get("/rules", headers={"If-None-Match": response.headers["ETag"]})
     assert again.status_code == 304
+
+
+def test_the_page_is_sent_compressed_to_a_browser_that_asks(client, page):
+    response = client.get("/rules", headers={"Accept-Encoding": "gzip, deflate"})
+    assert response.headers["Content-Encoding"] == "gzip"
+    assert "Accept-Encoding" in response.headers["Vary"]
+    assert gzip.decompress(response.data).decode() == page
+    assert len(response.data) * 5 < len(page.encode())
 
 
 def test_advice_is_shown_for_each_situation_the_templates_distinguish(page):
