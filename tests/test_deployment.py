@@ -183,13 +183,18 @@ def test_no_remote_add_no_piped_installers_no_secrets(docker):
         assert not pattern.search(text), pattern.pattern
 
 
-def test_pip_installs_exactly_the_pinned_dependencies(docker):
-    runs = " ".join(args for keyword, args in docker if keyword == "RUN")
-    assert "pyproject.toml" in runs and "pip install --requirement" in runs
-    assert "pip install --no-deps ." in runs
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert all(re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[0-9][\w.]*", d)
-               for d in project["dependencies"]), "every runtime dependency pinned with =="
+def test_pip_installs_the_runtime_lock_then_the_package_alone(docker):
+    """Every package comes from the lock, hash-checked; the package adds no resolution of its
+    own. (tests/test_lock.py checks the lock against pyproject.toml.)"""
+    runs = [args for keyword, args in docker if keyword == "RUN"]
+    copied = [args.split()[:-1] for keyword, args in docker
+              if keyword == "COPY" and not args.startswith("--from")]
+    assert ["requirements-runtime.lock"] in copied
+    pip_installs = [shlex.split(part.strip()) for run in runs for part in run.split("&&")
+                    if part.strip().startswith("pip install")]
+    assert pip_installs == [
+        ["pip", "install", "--require-hashes", "--requirement", "requirements-runtime.lock"],
+        ["pip", "install", "--no-deps", "."]]
 
 
 def copy_destination(stage, source: str) -> str | None:
@@ -239,7 +244,8 @@ def dockerignored(path: str, patterns: list[str]) -> bool:
 def test_dockerignore_lets_in_only_what_the_image_needs():
     patterns = [line.strip() for line in DOCKERIGNORE.read_text().splitlines()
                 if line.strip() and not line.startswith("#")]
-    for path in ("pyproject.toml", "README.md", "cds_service/web/app.py",
+    for path in ("pyproject.toml", "README.md", "requirements-runtime.lock",
+                 "cds_service/web/app.py",
                  "cds_service/cards/cards.toml",
                  "cds_service/knowledge/knowledge.toml"):
         assert not dockerignored(path, patterns), path
