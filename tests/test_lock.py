@@ -20,8 +20,8 @@ from packaging.utils import canonicalize_name
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 SELF = canonicalize_name(PROJECT["name"])
 # `name==version ; marker \` opens each entry; hashes and `# via` comments follow it.
-ENTRY = re.compile(r"^(?P<requirement>[A-Za-z0-9][^\s;\\]*==[^\s;\\]+)(?:\s*;\s*(?P<marker>[^\\]+?))?"
-                   r"\s*\\?$")
+ENTRY = re.compile(r"^(?P<requirement>[A-Za-z0-9][^\s;\\]*==[^\s;\\]+)"
+                   r"(?:\s*;\s*(?P<marker>[^\\]+?))?\s*\\?$")
 
 
 def read_lock(name: str) -> dict[str, tuple[Requirement, str | None]]:
