@@ -21,6 +21,10 @@ sys.path.insert(0, str(FIXTURES))  # for synthea_request
 pytest_plugins = ["feedback_fixtures"]
 
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
+# The installed console script of the interpreter running the tests (.venv, .venv313, CI's):
+# beside sys.executable, whichever venv that is.
+COMMAND = Path(sys.executable).parent / "cds-service"
+
 ANCHOR = datetime.fromisoformat(MANIFEST["anchor"].replace("Z", "+00:00")).astimezone(UTC)
 
 

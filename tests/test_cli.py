@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 from click.testing import CliRunner
-from conftest import FIXTURES, MANIFEST, ROOT
+from conftest import COMMAND, FIXTURES, MANIFEST, ROOT
 from test_protocol_http import check_cds_response
 
 from cds_service.cli import main
@@ -15,7 +15,6 @@ from cds_service.cli import main
 NOW = MANIFEST["anchor"]
 REQUESTS = FIXTURES / "requests"
 REFERENCE = REQUESTS / "reference-patient-view.json"
-COMMAND = ROOT / ".venv" / "bin" / "cds-service"
 
 
 def evaluate(*args: str):

