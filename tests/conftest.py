@@ -61,3 +61,12 @@ def app(tmp_path_factory):
 @pytest.fixture()
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture(autouse=True)
+def _in_process_metrics(monkeypatch):
+    """`cds-service serve` run in-process (CliRunner) sets PROMETHEUS_MULTIPROC_DIR for its
+    workers, and /metrics then reads that folder instead of this process's counters: every
+    later metrics test would see zeros. Each test starts without it, and anything a test sets
+    is undone."""
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
