@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,17 @@ def installed(tmp_path_factory) -> Path:
         "--requirement", ROOT / "requirements-runtime.lock", cwd=folder)
     run(UV, "pip", "install", "--quiet", "--python", python, "--no-deps", wheel, cwd=folder)
     return venv / "bin"
+
+
+def test_the_wheel_holds_every_file_of_the_package(installed):
+    """Knowledge, value sets, card wording, migrations: whatever lies in cds_service/ is
+    shipped, so a new data file cannot be forgotten in pyproject.toml's package-data."""
+    [wheel] = (installed.parent.parent / "dist").glob("cds_service-*.whl")
+    shipped = {name for name in zipfile.ZipFile(wheel).namelist()
+               if name.startswith("cds_service/")}
+    tracked = subprocess.run(["git", "ls-files", "cds_service"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.split()
+    assert tracked and set(tracked) <= shipped, sorted(set(tracked) - shipped)
 
 
 def test_the_installed_package_is_not_the_work_tree(installed):
