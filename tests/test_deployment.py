@@ -186,15 +186,19 @@ def test_no_remote_add_no_piped_installers_no_secrets(docker):
         assert not pattern.search(text), pattern.pattern
 
 
+def shell_commands(stage: list[tuple[str, str]]) -> list[list[str]]:
+    """Every command of the RUN instructions, as argument lists (split at &&)."""
+    return [shlex.split(part) for keyword, args in stage if keyword == "RUN"
+            for part in args.split("&&") if part.strip()]
+
+
 def test_pip_installs_the_runtime_lock_then_the_package_alone(docker):
     """Every package comes from the lock, hash-checked; the package adds no resolution of its
     own. (tests/test_lock.py checks the lock against pyproject.toml.)"""
-    runs = [args for keyword, args in docker if keyword == "RUN"]
     copied = [args.split()[:-1] for keyword, args in docker
               if keyword == "COPY" and not args.startswith("--from")]
     assert ["requirements-runtime.lock"] in copied
-    pip_installs = [shlex.split(part.strip()) for run in runs for part in run.split("&&")
-                    if part.strip().startswith("pip install")]
+    pip_installs = [c for c in shell_commands(docker) if c[:2] == ["pip", "install"]]
     assert pip_installs == [
         ["pip", "install", "--require-hashes", "--requirement", "requirements-runtime.lock"],
         ["pip", "install", "--no-deps", "."]]
@@ -219,9 +223,14 @@ def test_card_wording_ships_inside_the_package(final_stage):
 
 
 def test_instance_dir_is_writable_and_mounted(final_stage):
+    """The folder the configuration names is owned by the user the container runs as."""
     settings = configmap_settings()
-    runs = " ".join(args for keyword, args in final_stage if keyword == "RUN")
-    assert f"chown cds:cds {settings.instance_dir.as_posix()}" in runs
+    commands = shell_commands(final_stage)
+    uid = [args for keyword, args in final_stage if keyword == "USER"][-1].split(":")[0]
+    names = {c[-1] for c in commands if c[0] == "useradd" and c[c.index("--uid") + 1] == uid}
+    owners = {c[-2].split(":")[0] for c in commands
+              if c[0] == "chown" and c[-1] == settings.instance_dir.as_posix()}
+    assert owners and owners <= names | {uid}, (owners, names, uid)
     mounts = {m["mountPath"]: m["name"] for m in container()["volumeMounts"]}
     assert settings.instance_dir.as_posix() in mounts
 
