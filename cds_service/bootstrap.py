@@ -32,6 +32,7 @@ from cds_service.ops.config import Settings
 from cds_service.store.store import FeedbackStore, StoreUnavailable, database_url
 from cds_service.web.app import WebParts, build_app
 from cds_service.web.openapi import blueprint as openapi_blueprint
+from cds_service.web.rules import rules_blueprint
 
 log = logging.getLogger("cds_service")
 
@@ -120,7 +121,10 @@ def build(settings: Settings | None = None, *, clock: Callable[[], datetime] = _
         on_cards_issued=[feedback.recorder],
         recall=recall,
         blueprints=(openapi_blueprint, feedback_blueprint(
-            feedback.store, feedback.card_ids, clock, settings.feedback_store_timeout_seconds)),
+            feedback.store, feedback.card_ids, clock, settings.feedback_store_timeout_seconds),
+            rules_blueprint(engine.knowledge, engine.writer,
+                            quiet_days=settings.override_quiet_days,
+                            knowledge_dir=settings.knowledge_dir)),
         ready_checks={"knowledge": lambda: bool(engine.knowledge.factors),
                       "card_templates": lambda: engine.writer.pv_detail is not None},
     )

@@ -209,6 +209,10 @@ def openapi_document() -> dict[str, Any]:
     paths["/metrics"] = _unauthenticated_get("metrics", "Prometheus metrics", {
         "200": {"description": "Prometheus text exposition format",
                 "content": {"text/plain": {"schema": {"type": "string"}}}}})
+    paths["/rules"] = _unauthenticated_get("rules", "How the check decides (HTML)", {
+        "200": {"description": "The rules page a card's source.url opens",
+                "content": {"text/html": {"schema": {"type": "string"}}}},
+        "304": {"description": "Not modified (If-None-Match)"}})
     outcome = _ref(OperationOutcome, components)
     return {
         "openapi": "3.1.0",
