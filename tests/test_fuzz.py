@@ -148,8 +148,9 @@ def test_api_never_fails_on_schema_driven_input(case):
         not_a_server_error, status_code_conformance, content_type_conformance,
         response_schema_conformance, negative_data_rejection, response_headers_conformance,
         missing_required_header, ignored_auth, unsupported_method])
-    # Flask answers preflights itself, with no body; /metrics is Prometheus text.
-    if case.method != "OPTIONS" and (case.path, response.status_code) != ("/metrics", 200):
+    # Flask answers preflights itself, with no body; /metrics is Prometheus text, /rules a page.
+    if case.method != "OPTIONS" and (case.path, response.status_code) not in {
+            ("/metrics", 200), ("/rules", 200)}:
         assert response.headers["content-type"][0].startswith("application/json")
         json.loads(response.content)  # every answer, error or not, is a JSON body
 
@@ -157,7 +158,8 @@ def test_api_never_fails_on_schema_driven_input(case):
 def test_openapi_document_describes_every_endpoint(fuzz_app):
     document = fuzz_app.test_client().get("/openapi.json").get_json()
     assert document["openapi"].startswith("3.")
-    assert set(document["paths"]) == {"/cds-services", "/health", "/ready", "/metrics"} | {
+    assert set(document["paths"]) == {"/cds-services", "/health", "/ready", "/metrics",
+                                      "/rules"} | {
         f"/cds-services/{service_id}" for service_id in SERVICES} | {
         f"/cds-services/{service_id}/feedback" for service_id in SERVICES}
     call = document["paths"]["/cds-services/calciphylaxis-order-sign"]["post"]
