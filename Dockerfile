@@ -22,15 +22,16 @@ RUN python -m venv /opt/venv
 
 WORKDIR /src
 
-# Dependencies first, in their own layer: the exact pins of pyproject.toml's [project]
-# dependencies (every one is `name==version`), so a code change does not reinstall them.
-COPY pyproject.toml README.md ./
-RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; assert all('==' in d for d in deps), deps; open('/tmp/requirements.txt', 'w').write(chr(10).join(deps) + chr(10))" \
-    && pip install --requirement /tmp/requirements.txt
+# Dependencies first, in their own layer: the whole runtime tree from the lock (exact versions,
+# hashes checked; `make lock` writes it from pyproject.toml), so a code change does not
+# reinstall them.
+COPY requirements-runtime.lock ./
+RUN pip install --require-hashes --requirement requirements-runtime.lock
 
 # The package itself (knowledge, value sets and migrations are its package data), not editable:
 # the venv is self-contained and the source tree stays behind in this stage. pip compiles the
 # bytecode here, so the read-only runtime never needs to write any.
+COPY pyproject.toml README.md ./
 COPY cds_service ./cds_service
 RUN pip install --no-deps . \
     && python -P -c "import cds_service.web.app"

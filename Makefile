@@ -3,14 +3,35 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The newest Python tested (make test-py313): pyenv's build if there is one, else from PATH.
+PYTHON313 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3.13) python3.13)
+VENV313 := .venv313
 
-.PHONY: serve test lint fixtures bench bench-floor bench-fhir alert-burden soak faults clean
+# The whole dependency tree, exact versions and hashes: runtime + dev (make, CI) and runtime
+# alone (the Docker image). `make lock` writes both from pyproject.toml.
+LOCK := requirements.lock
+RUNTIME_LOCK := requirements-runtime.lock
+UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --quiet --universal --python-version 3.11 \
+	--generate-hashes --custom-compile-command "make lock"
 
-$(STAMP): pyproject.toml
+.PHONY: serve test test-py313 lint lock fixtures bench bench-floor bench-fhir alert-burden soak \
+	faults clean
+
+# pip, not uv, installs: a fresh machine has only Python. The lock pins every package (hashes
+# checked); the project itself goes in editable, with no dependency resolution of its own.
+$(STAMP): $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes --requirement $(LOCK)
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+# After any change to the dependencies in pyproject.toml. uv comes from the venv (dev extra);
+# a lock that no longer installs can be rewritten with `make lock BIN=/path/to/uv/bin`.
+lock:
+	@test -x $(BIN)/uv || $(MAKE) $(STAMP)
+	$(UV_COMPILE) --extra dev --output-file $(LOCK)
+	$(UV_COMPILE) --output-file $(RUNTIME_LOCK)
 
 serve: $(STAMP)
 	$(BIN)/cds-service serve
@@ -18,8 +39,21 @@ serve: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest
 
+# The suite on the newest supported Python, in its own venv, from the same lock.
+$(VENV313)/.installed: $(LOCK) pyproject.toml
+	$(PYTHON313) -m venv $(VENV313)
+	$(VENV313)/bin/pip install --quiet --upgrade pip
+	$(VENV313)/bin/pip install --quiet --require-hashes --requirement $(LOCK)
+	$(VENV313)/bin/pip install --quiet --no-deps -e .
+	touch $@
+
+test-py313: $(VENV313)/.installed
+	$(VENV313)/bin/pytest
+
+# mypy's settings (strict on the clinical core, knowledge and FHIR reading): pyproject.toml.
 lint: $(STAMP)
 	$(BIN)/ruff check cds_service tests bench fixtures
+	$(BIN)/mypy
 
 fixtures: $(STAMP)
 	$(BIN)/python fixtures/generate.py
@@ -50,4 +84,4 @@ faults: $(STAMP)
 	$(BIN)/python bench/faults.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(VENV313) build *.egg-info

@@ -21,6 +21,10 @@ sys.path.insert(0, str(FIXTURES))  # for synthea_request
 pytest_plugins = ["feedback_fixtures"]
 
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
+# The installed console script of the interpreter running the tests (.venv, .venv313, CI's):
+# beside sys.executable, whichever venv that is.
+COMMAND = Path(sys.executable).parent / "cds-service"
+
 ANCHOR = datetime.fromisoformat(MANIFEST["anchor"].replace("Z", "+00:00")).astimezone(UTC)
 
 
@@ -57,3 +61,12 @@ def app(tmp_path_factory):
 @pytest.fixture()
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture(autouse=True)
+def _in_process_metrics(monkeypatch):
+    """`cds-service serve` run in-process (CliRunner) sets PROMETHEUS_MULTIPROC_DIR for its
+    workers, and /metrics then reads that folder instead of this process's counters: every
+    later metrics test would see zeros. Each test starts without it, and anything a test sets
+    is undone."""
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 from click.testing import CliRunner
-from conftest import FIXTURES, MANIFEST, ROOT
+from conftest import COMMAND, FIXTURES, MANIFEST, ROOT
 from test_protocol_http import check_cds_response
 
 from cds_service.cli import main
@@ -15,7 +15,6 @@ from cds_service.cli import main
 NOW = MANIFEST["anchor"]
 REQUESTS = FIXTURES / "requests"
 REFERENCE = REQUESTS / "reference-patient-view.json"
-COMMAND = ROOT / ".venv" / "bin" / "cds-service"
 
 
 def evaluate(*args: str):
@@ -93,15 +92,11 @@ def test_evaluate_missing_prefetch_exits_non_zero_with_412():
     assert "No cards." not in result.stdout
 
 
-def test_evaluate_non_json_file_is_a_clean_error(tmp_path):
+@pytest.mark.parametrize("content", [b"hook: patient-view\n", b"\xff\xfe\x00garbage"],
+                         ids=["yaml", "binary"])
+def test_evaluate_a_file_that_is_not_json_is_a_clean_error(tmp_path, content):
     path = tmp_path / "request.json"
-    path.write_text("hook: patient-view\n")
-    assert_clean_failure(evaluate(path, "--now", NOW), "not valid JSON")
-
-
-def test_evaluate_binary_file_is_a_clean_error(tmp_path):
-    path = tmp_path / "request.json"
-    path.write_bytes(b"\xff\xfe\x00garbage")
+    path.write_bytes(content)
     assert_clean_failure(evaluate(path, "--now", NOW), "not valid JSON")
 
 

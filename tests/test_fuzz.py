@@ -331,9 +331,21 @@ def test_http_answers_junk_with_json_and_never_5xx(fuzz_app, body):
         assert "cards" in payload or payload["resourceType"] == "OperationOutcome"
 
 
-def test_no_fuzzed_fhir_server_was_contacted(fuzz_app, network):
-    # The stub saw what the engine wanted to fetch from; the closed socket saw no attempt.
-    assert network.attempts == []
+@pytest.mark.parametrize("fhir_server", ["http://127.0.0.1:9/fhir", "http://localhost:1/r4"])
+def test_a_call_that_needs_fhir_data_asks_the_stub_and_opens_no_socket(fuzz_app, network,
+                                                                      fhir_server):
+    """What makes the network check of this module mean something, shown by this test alone
+    in any order (it used to only read what earlier tests had left): a call with a prefetch
+    key missing asks the stub fetcher, which answers 412, and no socket is opened."""
+    fetcher = service_of(fuzz_app).engine.fetcher
+    asked, attempted = len(fetcher.servers), len(network.attempts)
+    body = json.loads(json.dumps(REFERENCE))
+    body["fhirServer"] = fhir_server
+    del body["prefetch"]["observations"]
+    response = fuzz_app.test_client().post("/cds-services/calciphylaxis-patient-view", json=body)
+    assert response.status_code == 412, response.get_data(as_text=True)
+    assert fetcher.servers[asked:] == [fhir_server]
+    assert network.attempts[attempted:] == []
 
 
 # --- nesting: deep junk is refused or ignored, never a crash ---------------------------------

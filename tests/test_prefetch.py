@@ -11,16 +11,19 @@ NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
 
 
 class Recorder:
-    """A fetcher that records what it was asked for (and has nothing to give)."""
+    """A fetcher that records what it was asked for (and has nothing to give): stands in for
+    the FHIR client."""
 
     def __init__(self):
         self.keys: list[str] = []
+        self.references: list[str] = []
 
     def fetch(self, request, keys, now, deadline, stats, optional=frozenset()):
         self.keys += keys
         return {key: [] for key in keys}
 
     def read(self, request, references, deadline, stats):
+        self.references += references
         return []
 
 
@@ -123,21 +126,6 @@ def test_resources_under_a_key_the_client_named_itself_are_read(knowledge):
     assert dose in data.resources and fetcher.keys == []
 
 
-class RecordingFetcher:
-    """Stands in for the FHIR client: records what the hook path asks of it."""
-
-    def __init__(self):
-        self.calls: list[str] = []
-
-    def fetch(self, request, keys, now, deadline, stats, optional=frozenset()):
-        self.calls += keys
-        return {key: [] for key in keys}
-
-    def read(self, request, references, deadline, stats):
-        self.calls += references
-        return []
-
-
 def _order_select(medication: dict | None) -> dict:
     draft = {"resourceType": "MedicationRequest", "id": "draft-1", "status": "draft",
              "intent": "order", "subject": {"reference": "Patient/p1"}, **(medication or {})}
@@ -154,15 +142,15 @@ def test_order_select_with_no_drug_chosen_asks_the_fhir_server_nothing():
     from cds_service.bootstrap import create_engine
     from cds_service.cdshooks.services import SERVICES
 
-    fetcher = RecordingFetcher()
+    fetcher = Recorder()
     engine = create_engine(fetcher=fetcher)
     service = SERVICES["calciphylaxis-order-select"]
     now = datetime(2026, 11, 20, tzinfo=UTC)
     assert engine.call(service, _order_select(None), now) == {"cards": []}
     empty = {"medicationCodeableConcept": {"coding": []}}
     assert engine.call(service, _order_select(empty), now) == {"cards": []}
-    assert fetcher.calls == []
+    assert fetcher.keys == [] and fetcher.references == []
     # With a drug chosen the patient's data is needed, and asked for.
     warfarin = {"medicationCodeableConcept": {"text": "warfarin 5 mg tablet"}}
     engine.call(service, _order_select(warfarin), now)
-    assert "medications" in fetcher.calls
+    assert "medications" in fetcher.keys

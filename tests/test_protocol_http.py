@@ -236,52 +236,14 @@ def test_service_call_answers_200_with_a_cards_array(answers, name):
     assert isinstance(response.get_json()["cards"], list)
 
 
+@pytest.mark.parametrize("rule", RULES, ids=lambda rule: rule.__name__.removeprefix("check_"))
 @pytest.mark.parametrize("name", OK_IDS)
-def test_no_attribute_is_null_or_empty_except_top_level_cards(answers, name):
+def test_every_answer_follows_each_response_rule(answers, name, rule):
+    """Each rule of check_cds_response on each fixture's answer, reported one by one: no null
+    or empty attribute, summaries under 140 characters, indicators, uuids and sources,
+    suggestions, override reasons, links, and actions on the patient's own drafts."""
     request, response = answers[name]
-    check_g2(response.get_json(), request)
-
-
-@pytest.mark.parametrize("name", OK_IDS)
-def test_card_summary_is_under_140_characters(answers, name):
-    request, response = answers[name]
-    check_summaries(response.get_json(), request)
-
-
-@pytest.mark.parametrize("name", OK_IDS)
-def test_card_indicator_is_info_warning_or_critical(answers, name):
-    request, response = answers[name]
-    check_indicators(response.get_json(), request)
-
-
-@pytest.mark.parametrize("name", OK_IDS)
-def test_every_card_has_a_unique_uuid_and_a_source_label(answers, name):
-    request, response = answers[name]
-    check_card_identity(response.get_json(), request)
-
-
-@pytest.mark.parametrize("name", OK_IDS)
-def test_suggestions_have_uuid_label_actions_and_a_selection_behavior(answers, name):
-    request, response = answers[name]
-    check_suggestions(response.get_json(), request)
-
-
-@pytest.mark.parametrize("name", OK_IDS)
-def test_override_reasons_have_system_code_and_display(answers, name):
-    request, response = answers[name]
-    check_override_reasons(response.get_json(), request)
-
-
-@pytest.mark.parametrize("name", OK_IDS)
-def test_links_have_label_absolute_url_and_type(answers, name):
-    request, response = answers[name]
-    check_links(response.get_json(), request)
-
-
-@pytest.mark.parametrize("name", OK_IDS)
-def test_delete_names_a_draft_and_create_is_a_valid_draft_for_the_patient(answers, name):
-    request, response = answers[name]
-    check_actions(response.get_json(), request)
+    rule(response.get_json(), request)
 
 
 def test_fixtures_exercise_suggestions_links_and_override_reasons(answers):

@@ -7,12 +7,13 @@ import base64
 import json
 import re
 import subprocess
+import sys
 from collections import Counter
 from datetime import UTC, datetime
 
 import pytest
 from click.testing import CliRunner
-from conftest import ANCHOR, FIXTURES, ROOT
+from conftest import ANCHOR, COMMAND, FIXTURES
 from feedback_history import COMMENT_ONLY, REASON_SYSTEM, generate_history, shown_card
 
 from cds_service.bootstrap import create_app, service_of
@@ -21,7 +22,6 @@ from cds_service.feedback.submit import submit_feedback
 from cds_service.feedback.validation import FeedbackEntry
 from cds_service.ops.config import Settings
 
-COMMAND = ROOT / ".venv" / "bin" / "cds-service"
 FIELDS = ("shown", "accepted", "overridden", "ignored")
 
 
@@ -109,6 +109,20 @@ def test_html_is_one_self_contained_file_with_the_weekly_chart(store, history, t
     assert not re.search(r'(src|href)="(https?:)?//', html)  # nothing fetched from elsewhere
     assert "<script" not in html
     assert "calciphylaxis-order-sign" in html and "2026-W44" in html
+
+
+def test_html_without_matplotlib_says_which_extra_to_install(tmp_path, monkeypatch):
+    """matplotlib is the optional `report` extra: without it, a clear message, no traceback,
+    before any store is opened; text and JSON need no extra."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails
+    config = tmp_path / "service.toml"
+    config.write_text(f'database_url = "sqlite:///{tmp_path / "none.sqlite3"}"\n')
+    result = CliRunner().invoke(main, ["report", "--config", str(config), "--format", "html"])
+    assert result.exit_code != 0 and isinstance(result.exception, SystemExit)
+    assert "pip install 'cds-service[report]'" in result.output
+    assert not (tmp_path / "none.sqlite3").exists()
+    result = CliRunner().invoke(main, ["report", "--config", str(config), "--format", "json"])
+    assert result.exit_code == 0, result.output
 
 
 def test_html_escapes_what_clients_sent(store, tmp_path):

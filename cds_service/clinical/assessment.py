@@ -149,18 +149,20 @@ def _active_with(record: PatientRecord, knowledge: Knowledge,
             if concept in c.concepts and _condition_active(c, knowledge)]
 
 
-def _events(record: PatientRecord, concept: str, now: datetime) -> list[ProcedureEntry]:
-    """Dialysis sessions or transplants up to now, newest first."""
-    return sorted((p for p in record.procedures
+def _events(record: PatientRecord, concept: str,
+            now: datetime) -> list[tuple[datetime, ProcedureEntry]]:
+    """Dated dialysis sessions or transplants up to now, newest first: (performed, procedure)."""
+    return sorted(((p.performed, p) for p in record.procedures
                    if p.concept == concept and p.performed and p.performed <= now + FUTURE_SKEW),
-                  key=lambda p: p.performed, reverse=True)
+                  key=lambda dated: dated[0], reverse=True)
 
 
-def _transplant(record: PatientRecord, knowledge: Knowledge, now: datetime):
+def _transplant(record: PatientRecord, knowledge: Knowledge,
+                now: datetime) -> tuple[datetime | None, ProcedureEntry | ConditionEntry] | None:
     """The newest kidney transplant (a procedure, or a transplant status on the problem list):
     (date or None when undated, evidence), or None."""
-    procedures = _events(record, "kidney_transplant", now)
-    dated = [(p.performed, p) for p in procedures]
+    dated: list[tuple[datetime, ProcedureEntry | ConditionEntry]] = list(
+        _events(record, "kidney_transplant", now))
     undated = None
     for condition in _active_with(record, knowledge, "kidney_transplant"):
         when = condition.onset or condition.recorded
@@ -173,7 +175,8 @@ def _transplant(record: PatientRecord, knowledge: Knowledge, now: datetime):
     return (None, undated) if undated is not None else None
 
 
-def _scope(record: PatientRecord, knowledge: Knowledge, now: datetime):
+def _scope(record: PatientRecord, knowledge: Knowledge,
+           now: datetime) -> tuple[bool, str, tuple[ConditionEntry | ProcedureEntry, ...]]:
     """(in scope, reason, evidence) for "on maintenance dialysis" (clinical.md "Who is in scope"
     and "Dialysis scope, refined")."""
     if record.deceased:
@@ -190,16 +193,16 @@ def _scope(record: PatientRecord, knowledge: Knowledge, now: datetime):
         # stopped after the transplant does not count.
         when, _evidence = transplant
         since = now - timedelta(days=rules.graft_failure_dialysis_days)
-        ongoing = [p for p in sessions
-                   if p.performed >= since and (when is None or p.performed > when)]
+        ongoing = [p for performed, p in sessions
+                   if performed >= since and (when is None or performed > when)]
         if ongoing:
             return True, "dialysis after kidney transplant", tuple(esrd[:1]) + (ongoing[0],)
         again = [c for c in dependence if when is None or (c.recorded or c.onset or when) > when]
         if again:
             return True, "dialysis dependence after kidney transplant", tuple(again[:1])
         return False, "kidney transplant, no dialysis since", ()
-    recent = [p for p in sessions
-              if p.performed >= now - timedelta(days=rules.dialysis_recency_days)]
+    recent = [p for performed, p in sessions
+              if performed >= now - timedelta(days=rules.dialysis_recency_days)]
     if recent and all((p.system, p.code) in rules.ambiguous_dialysis_codes for p in recent) \
             and _active_with(record, knowledge, "acute_kidney_injury") and not esrd \
             and not dependence:
@@ -231,11 +234,14 @@ def _reported_number(result: LabResult) -> float:
 
 def _meets(criterion: LabCriterion, result: LabResult, threshold: float) -> bool:
     """Whether a result meets a criterion. A comparator makes the value a bound: ">2500" is
-    above any limit below 2500; "<50" is never high (and ">" never low)."""
+    above any limit below 2500; "<50" is never high (and ">" never low). An unreadable value
+    meets nothing."""
     value, comparator = result.value, result.comparator
     if result.reported_unit in criterion.in_unit and criterion.uln_multiple is None:
         # The limit as published in the unit reported: no conversion rounding at the edge.
         value, threshold = _reported_number(result), criterion.in_unit[result.reported_unit]
+    if value is None:
+        return False
     if criterion.comparison == "above":
         if comparator in ("<", "<="):
             return False
@@ -265,14 +271,12 @@ def _lab_finding(criterion: LabCriterion, record: PatientRecord, knowledge: Know
         break
     if latest is None or latest.effective < window_start:
         return None, None
-    if criterion.uln_multiple is not None:
-        uln = latest.reference_high or criterion.default_uln
-        threshold = criterion.uln_multiple * uln
+    threshold, uln = criterion.limit(latest.reference_high)
+    if uln is not None:
         evidence = Evidence(lab=latest, threshold=threshold, uln=uln,
                             uln_from_assay=latest.reference_high is not None,
                             criterion=criterion)
     else:
-        threshold = criterion.threshold
         evidence = Evidence(lab=latest, threshold=threshold, criterion=criterion)
     return (evidence if _meets(criterion, latest, threshold) else None), latest
 
@@ -289,8 +293,8 @@ def _conditions_for(factor: Factor, record: PatientRecord, knowledge: Knowledge,
              and c.certainty in (CONFIRMED, SUSPECTED)]
     if factor.condition_when == "recent":
         since = now - timedelta(days=factor.recent_days or 0)
-        found = [c for c in found if (c.onset or c.recorded) and since <= (
-            c.onset or c.recorded) <= now + FUTURE_SKEW]
+        found = [c for c in found
+                 if (when := c.onset or c.recorded) and since <= when <= now + FUTURE_SKEW]
     return found
 
 
@@ -339,7 +343,8 @@ def _latest(record: PatientRecord, knowledge: Knowledge, lab_id: str,
     return max(results, key=lambda r: r.effective) if results else None
 
 
-def _current_classes(record: PatientRecord, knowledge: Knowledge, now: datetime) -> dict:
+def _current_classes(record: PatientRecord, knowledge: Knowledge,
+                     now: datetime) -> dict[str, list[Medication]]:
     """medicine class -> the current medicines of it (all classes, risk or not)."""
     classes: dict[str, list[Medication]] = {}
     for medication in record.medications:
@@ -349,7 +354,7 @@ def _current_classes(record: PatientRecord, knowledge: Knowledge, now: datetime)
 
 
 def _cinacalcet_safe(record: PatientRecord, knowledge: Knowledge, now: datetime,
-                     classes: dict) -> bool:
+                     classes: dict[str, list[Medication]]) -> bool:
     """Cinacalcet is offered only when calcium is known and high enough, and no calcimimetic
     is already taken (its label: do not start below 8.4 mg/dL)."""
     gates = knowledge.gates
@@ -358,24 +363,25 @@ def _cinacalcet_safe(record: PatientRecord, knowledge: Knowledge, now: datetime,
     for criterion in gates.cinacalcet_calcium:
         latest = _latest(record, knowledge, criterion.lab, now)
         if latest is not None:
-            return _meets(criterion, latest, criterion.threshold)
+            return _meets(criterion, latest, criterion.limit()[0])
     return False
 
 
 def _phosphate_low(record: PatientRecord, knowledge: Knowledge, now: datetime) -> LabResult | None:
     criterion = knowledge.gates.phosphate_below
     latest = _latest(record, knowledge, criterion.lab, now)
-    return latest if latest is not None and _meets(criterion, latest, criterion.threshold) \
+    return latest if latest is not None and _meets(criterion, latest, criterion.limit()[0]) \
         else None
 
 
-def _already_taken(substitute: Substitute, classes: dict) -> bool:
+def _already_taken(substitute: Substitute, classes: dict[str, list[Medication]]) -> bool:
     names = {m.ingredient.lower() for meds in classes.values() for m in meds}
     return bool(names & {n.lower() for n in substitute.same_as})
 
 
 def _suggestions(medicine_class: str, order: Medication | None, present: frozenset[str],
-                 knowledge: Knowledge, classes: dict, cinacalcet_safe: bool,
+                 knowledge: Knowledge, classes: dict[str, list[Medication]],
+                 cinacalcet_safe: bool,
                  phosphate_low: LabResult | None) -> tuple[Suggestion, ...]:
     """What is safe to offer for a medicine of this class: replacements (none while phosphate is
     low, none the patient already takes) and additions (gated)."""
@@ -395,7 +401,8 @@ def _suggestions(medicine_class: str, order: Medication | None, present: frozens
 
 
 def _tier(present: frozenset[str], knowledge: Knowledge, *, in_scope: bool,
-          known: ConditionEntry | None, culprits: frozenset[str]) -> tuple[str | None, tuple]:
+          known: ConditionEntry | None,
+          culprits: frozenset[str]) -> tuple[str | None, tuple[Pairing, ...]]:
     """(tier, warnings that hold) for a set of present factors (clinical.md tiers)."""
     if known is not None and culprits & present:
         return CRITICAL, ()  # in or out of dialysis scope: the diagnosis is the risk
@@ -410,7 +417,8 @@ def _tier(present: frozenset[str], knowledge: Knowledge, *, in_scope: bool,
 
 def _draft_findings(record: PatientRecord, knowledge: Knowledge, findings: list[Finding],
                     selections: frozenset[str] | None, *, in_scope: bool,
-                    known: ConditionEntry | None, culprits: frozenset[str], classes: dict,
+                    known: ConditionEntry | None, culprits: frozenset[str],
+                    classes: dict[str, list[Medication]],
                     cinacalcet_safe: bool, phosphate_low: LabResult | None) -> list[DraftFinding]:
     factor_of_class = {m.id: m.factor for m in knowledge.medicines.classes}
     present = frozenset(f.factor.id for f in findings)
@@ -467,10 +475,11 @@ def assess(record: PatientRecord, knowledge: Knowledge, now: datetime,
     classes = _current_classes(record, knowledge, now)
     cinacalcet_safe = _cinacalcet_safe(record, knowledge, now, classes)
     phosphate_low = _phosphate_low(record, knowledge, now)
-    suggestions = []
+    suggestions: list[Suggestion] = []
     if in_scope and tier in (WARNING, INFO):
         for medicine_class, medications in classes.items():
-            orders = [m for m in medications if m.kind == "order" and "/" in m.reference]
+            orders: list[Medication | None] = [
+                m for m in medications if m.kind == "order" and "/" in m.reference]
             for order in orders[:1] or [None]:
                 suggestions += _suggestions(medicine_class, order, present, knowledge, classes,
                                             cinacalcet_safe, phosphate_low)

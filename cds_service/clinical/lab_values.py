@@ -38,7 +38,7 @@ def _number_text(value: Any) -> str:
     return str(value)
 
 
-def read_value(observation: dict, units: dict[str, float],
+def read_value(observation: dict[str, Any], units: dict[str, float],
                unit_spelling: Callable[[str], str]) -> ReportedValue:
     """The value of a raw (already validated) Observation in the units a lab accepts."""
     quantity = observation.get("valueQuantity")
@@ -53,7 +53,7 @@ def read_value(observation: dict, units: dict[str, float],
     return ReportedValue(None, None, "", "", "no numeric value")
 
 
-def _from_quantity(quantity: dict, units: dict[str, float],
+def _from_quantity(quantity: dict[str, Any], units: dict[str, float],
                    unit_spelling: Callable[[str], str]) -> ReportedValue:
     value = quantity.get("value")
     comparator = quantity.get("comparator")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from cds_service.clinical.assessment import FUTURE_SKEW
 from cds_service.clinical.lab_values import read_value
@@ -38,6 +38,13 @@ from cds_service.fhir.read import (
 )
 from cds_service.fhir.read import Unreadable as UnreadableResource
 from cds_service.knowledge import SUSPECTED, Knowledge
+from cds_service.knowledge.model import Codings, LabDefinition, MedicineClass, MedicineMatch
+
+Raw = dict[str, Any]  # a FHIR resource as parsed JSON, not validated
+# What an order or statement is about, once classified: (match, name, referenced Medication).
+Classified = tuple[MedicineMatch, str, Raw | None]
+# Second-pass candidates, (when, raw resource, ...), read newest first.
+_Candidate = TypeVar("_Candidate", bound=tuple[Any, ...])
 
 _OLDEST = datetime(1, 1, 1, tzinfo=UTC)
 # Where Encounters carry what they were for.
@@ -61,7 +68,7 @@ class RecordBuilder:
         self.patient_id = patient_id
         self.as_of = as_of
         self.record = PatientRecord(patient_id=patient_id)
-        self.medications_by_ref: dict[str, dict] = {}
+        self.medications_by_ref: dict[str, Raw] = {}
         self._handlers = {
             "Patient": self._patient,
             "Condition": self._condition,
@@ -73,10 +80,10 @@ class RecordBuilder:
             "MedicationAdministration": self._medication_administration,
         }
         # concept id -> (when, raw resource, identifying code key or None for text)
-        self._events: dict[str, list[tuple[datetime | None, dict, tuple[str, str] | None]]] = {}
-        self._lab_candidates: dict[str, list[tuple[datetime | None, dict]]] = {}
+        self._events: dict[str, list[tuple[datetime | None, Raw, tuple[str, str] | None]]] = {}
+        self._lab_candidates: dict[str, list[tuple[datetime | None, Raw]]] = {}
         # Doses given: only the newest of each medicine is read (in-centre doses repeat weekly).
-        self._given: dict[tuple[str, str], tuple[datetime, dict, tuple]] = {}
+        self._given: dict[tuple[str, str], tuple[datetime, Raw, Classified]] = {}
 
     # -- helpers -------------------------------------------------------------------------------
     def _codings(self, concept: Any) -> tuple[tuple[str, str, str], ...]:
@@ -84,13 +91,13 @@ class RecordBuilder:
         canonical = self.knowledge.code_systems.canonical
         return tuple((*canonical(s, c), d) for s, c, d in codings(concept))
 
-    def _skip(self, resource: dict, reason: str) -> None:
+    def _skip(self, resource: Raw, reason: str) -> None:
         rtype = resource.get("resourceType") if isinstance(resource, dict) else None
         rid = resource.get("id") if isinstance(resource, dict) else None
         ref = f"{rtype}/{rid}" if isinstance(rtype, str) and isinstance(rid, str) else None
         self.record.unreadable.append(Unreadable(str(rtype or "unknown"), reason, ref))
 
-    def _validated(self, resource: dict) -> bool:
+    def _validated(self, resource: Raw) -> bool:
         """True when the resource is this patient's and valid FHIR R4 (after tolerated repairs)."""
         if not belongs_to(resource, self.patient_id):
             self._skip(resource, "belongs to another patient")
@@ -103,7 +110,7 @@ class RecordBuilder:
         return True
 
     @staticmethod
-    def _ref(resource: dict) -> str:
+    def _ref(resource: Raw) -> str:
         rtype, rid = resource.get("resourceType"), resource.get("id")
         return f"{rtype}/{rid}" if isinstance(rid, str) else str(rtype)
 
@@ -111,7 +118,7 @@ class RecordBuilder:
         return self.as_of is not None and when is not None and when > self.as_of + FUTURE_SKEW
 
     # -- entry point ---------------------------------------------------------------------------
-    def add_medication_index(self, resources: Iterable[dict]) -> None:
+    def add_medication_index(self, resources: Iterable[Raw]) -> None:
         """Remember Medication resources so that medicationReference can be resolved."""
         for resource in resources:
             if resource.get("resourceType") == "Medication" and isinstance(resource.get("id"), str):
@@ -135,7 +142,7 @@ class RecordBuilder:
             self._skip(resource, f"could not be read ({type(exc).__name__})")
 
     # -- patient and conditions ----------------------------------------------------------------
-    def _patient(self, resource: dict) -> None:
+    def _patient(self, resource: Raw) -> None:
         if resource.get("id") != self.patient_id:
             self._skip(resource, "belongs to another patient")
             return
@@ -146,7 +153,7 @@ class RecordBuilder:
                                 or resource.get("deceasedDateTime") is not None)
         self.record.birth_date = parse_instant(resource.get("birthDate"))
 
-    def _condition(self, resource: dict) -> None:
+    def _condition(self, resource: Raw) -> None:
         found, text = self._codings(resource.get("code")), concept_text(resource.get("code"))
         hits = self.knowledge.condition_index.match(found, text)
         if not hits or not self._validated(resource):
@@ -175,27 +182,27 @@ class RecordBuilder:
         ))
 
     # -- dialysis sessions and transplants: Procedures and Encounters --------------------------
-    def _event_concepts(self, found, text: str, resource: dict) -> None:
+    def _event_concepts(self, found: Codings, text: str, resource: Raw) -> None:
         for concept_id, hit in self.knowledge.procedure_index.match(found, text).items():
             key = next(((s, c) for s, c, _d in found if c == hit.matched), None)
             self._events.setdefault(concept_id, []).append(
                 (self._performed(resource), resource, key))
 
-    def _procedure(self, resource: dict) -> None:
+    def _procedure(self, resource: Raw) -> None:
         if resource.get("status") not in self.statuses.procedure:
             return
         self._event_concepts(self._codings(resource.get("code")),
                              concept_text(resource.get("code")), resource)
 
     @staticmethod
-    def _performed(resource: dict) -> datetime | None:
+    def _performed(resource: Raw) -> datetime | None:
         if resource.get("resourceType") == "Encounter":
             return raw_period_end(resource.get("period"))
         return (parse_instant(resource.get("performedDateTime"))
                 or raw_period_end(resource.get("performedPeriod"))
                 or parse_instant(resource.get("performedString")))
 
-    def _encounter(self, resource: dict) -> None:
+    def _encounter(self, resource: Raw) -> None:
         if resource.get("status") not in self.statuses.encounter:
             return
         concepts = [c for key in _ENCOUNTER_CONCEPTS for c in as_list(resource.get(key))]
@@ -203,7 +210,8 @@ class RecordBuilder:
         text = " ; ".join(t for concept in concepts if (t := concept_text(concept)))
         self._event_concepts(found, text, resource)
 
-    def _read_event(self, concept_id: str, resource: dict, key) -> ProcedureEntry | None:
+    def _read_event(self, concept_id: str, resource: Raw,
+                    key: tuple[str, str] | None) -> ProcedureEntry | None:
         if not self._validated(resource):
             return None
         if resource["resourceType"] == "Encounter":
@@ -220,7 +228,7 @@ class RecordBuilder:
         return entry
 
     # -- laboratory results --------------------------------------------------------------------
-    def _observation(self, resource: dict) -> None:
+    def _observation(self, resource: Raw) -> None:
         lab_id = next((self.knowledge.lab_by_loinc[c]
                        for s, c, _d in self._codings(resource.get("code"))
                        if s == self.loinc and c in self.knowledge.lab_by_loinc), None)
@@ -229,13 +237,13 @@ class RecordBuilder:
         self._lab_candidates.setdefault(lab_id, []).append((self._effective(resource), resource))
 
     @staticmethod
-    def _effective(observation: dict) -> datetime | None:
+    def _effective(observation: Raw) -> datetime | None:
         return (parse_instant(observation.get("effectiveDateTime"))
                 or raw_period_end(observation.get("effectivePeriod"))
                 or parse_instant(observation.get("effectiveInstant"))
                 or parse_instant(observation.get("issued")))
 
-    def _read_observation(self, resource: dict, lab_id: str) -> LabResult | None:
+    def _read_observation(self, resource: Raw, lab_id: str) -> LabResult | None:
         if not self._validated(resource):
             return None
         loinc = next(c for s, c, _d in self._codings(resource.get("code"))
@@ -258,7 +266,7 @@ class RecordBuilder:
         self.record.labs.append(result)
         return result
 
-    def _upper_limit(self, observation: dict, lab, unit: str) -> float | None:
+    def _upper_limit(self, observation: Raw, lab: LabDefinition, unit: str) -> float | None:
         """The assay's upper limit of normal, in the canonical unit: only from a range that is
         the normal range (no `type`, or type normal), never a treatment or target range."""
         for reference_range in as_list(observation.get("referenceRange")):
@@ -280,7 +288,7 @@ class RecordBuilder:
         return None
 
     # -- medicines -----------------------------------------------------------------------------
-    def _medicine_of(self, raw: dict) -> tuple[tuple, str, str, dict | None] | None:
+    def _medicine_of(self, raw: Raw) -> tuple[Codings, str, str, Raw | None] | None:
         """(codings, name, form text, referenced Medication) of what an order is about."""
         concept = raw.get("medicationCodeableConcept")
         if isinstance(concept, dict):
@@ -313,7 +321,8 @@ class RecordBuilder:
         return " ".join(concept_text(d.get("route")) for d in as_list(dosages)
                         if isinstance(d, dict) and d.get("route") is not None)
 
-    def _single_dose(self, medicine_class, dosages: Any, name: str, *, given: bool) -> bool:
+    def _single_dose(self, medicine_class: MedicineClass, dosages: Any, name: str, *,
+                     given: bool) -> bool:
         """A dose given once (antiemetic dexamethasone before chemotherapy) is not exposure."""
         spec = medicine_class.single_dose
         if spec is None:
@@ -351,7 +360,7 @@ class RecordBuilder:
             ends.append(end)
         return max(ends) if ends else None
 
-    def _classify(self, raw: dict, dosages: Any):
+    def _classify(self, raw: Raw, dosages: Any) -> Classified | None:
         """(match, name, medication resource) for a medicine of a known class, else None."""
         medicine = self._medicine_of(raw)
         if medicine is None:
@@ -362,7 +371,8 @@ class RecordBuilder:
             return None
         return match, name, medication
 
-    def _add_medicine(self, raw: dict, classified, *, kind: str, date, ends, dosages) -> None:
+    def _add_medicine(self, raw: Raw, classified: Classified, *, kind: str,
+                      date: datetime | None, ends: datetime | None, dosages: Any) -> None:
         match, name, medication = classified
         if not self._validated(raw):
             return
@@ -384,7 +394,7 @@ class RecordBuilder:
             is_draft=kind == "draft", date=date, ends=ends, excluded_because=excluded,
             kind=kind))
 
-    def _medication_request(self, resource: dict, draft: bool = False) -> None:
+    def _medication_request(self, resource: Raw, draft: bool = False) -> None:
         allowed = (self.statuses.draft_order if draft
                    else self.statuses.current_medication_request)
         if resource.get("status") not in allowed or resource.get("doNotPerform") is True:
@@ -402,7 +412,7 @@ class RecordBuilder:
             self._add_medicine(resource, classified, kind="draft" if draft else "order",
                                date=authored, ends=ends, dosages=dosages)
 
-    def _medication_statement(self, resource: dict) -> None:
+    def _medication_statement(self, resource: Raw) -> None:
         if resource.get("status") not in self.statuses.current_medication_statement:
             return
         dosages = resource.get("dosage")
@@ -419,7 +429,7 @@ class RecordBuilder:
             self._add_medicine(resource, classified, kind="statement", date=start, ends=ends,
                                dosages=dosages)
 
-    def _medication_administration(self, resource: dict) -> None:
+    def _medication_administration(self, resource: Raw) -> None:
         """A dose given (in-centre IV vitamin D at each session) counts as current use when it
         is recent; only the newest dose of each medicine is read."""
         if resource.get("status") not in self.statuses.medication_administration:
@@ -450,7 +460,7 @@ class RecordBuilder:
         """
         as_of = self.as_of
 
-        def newest_first(candidates):
+        def newest_first(candidates: list[_Candidate]) -> list[_Candidate]:
             ordered = sorted(candidates, key=lambda c: c[0] or _OLDEST, reverse=True)
             return [c for c in ordered if not self._too_new(c[0])]
 
@@ -470,15 +480,15 @@ class RecordBuilder:
         for _when, resource, classified in self._given.values():
             self._add_medicine(resource, classified, kind="administration", date=_when,
                                ends=None, dosages=resource.get("dosage"))
-        for lab_id, candidates in self._lab_candidates.items():
-            for _when, resource in newest_first(candidates):
+        for lab_id, results in self._lab_candidates.items():
+            for _when, resource in newest_first(results):
                 result = self._read_observation(resource, lab_id)
                 if result is not None and result.value is not None and as_of is not None:
                     break
 
 
-def build_record(knowledge: Knowledge, patient_id: str, resources: Iterable[dict],
-                 draft_orders: Iterable[dict] = (), known_empty: tuple[str, ...] = (),
+def build_record(knowledge: Knowledge, patient_id: str, resources: Iterable[Raw],
+                 draft_orders: Iterable[Raw] = (), known_empty: tuple[str, ...] = (),
                  as_of: datetime | None = None,
                  unavailable: tuple[str, ...] = ()) -> PatientRecord:
     """Normalise the patient's FHIR resources (and the hook's draft orders) into a record.

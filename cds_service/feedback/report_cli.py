@@ -6,7 +6,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cds_service.feedback.report import build_report
-from cds_service.feedback.report_render import render_html, render_json, render_text
+from cds_service.feedback.report_render import (
+    ChartUnavailable,
+    render_html,
+    render_json,
+    render_text,
+    require_chart,
+)
 from cds_service.ops.config import Settings
 from cds_service.store.store import (
     DEFAULT_DATABASE_FILE,
@@ -48,6 +54,11 @@ def override_reason_names(settings: Settings) -> dict[tuple[str, str], str]:
 
 def produce_report(settings: Settings, since: datetime | None, fmt: str,
                    now: datetime | None = None) -> str:
+    if fmt == "html":
+        try:
+            require_chart()
+        except ChartUnavailable as exc:
+            raise ReportError(str(exc)) from exc
     if settings.database_url is None:
         default = Path(settings.instance_dir) / DEFAULT_DATABASE_FILE
         if not default.exists():

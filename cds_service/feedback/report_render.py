@@ -79,8 +79,24 @@ def reconciliation_lines(report: Report) -> list[str]:
     ]
 
 
+class ChartUnavailable(Exception):
+    """The HTML report's chart needs matplotlib, the optional `report` extra."""
+
+
+def require_chart() -> None:
+    """Fail before any work when the chart cannot be drawn (matplotlib is imported lazily: the
+    service and the text and JSON reports never need it)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        raise ChartUnavailable(
+            "the HTML report draws its chart with matplotlib, which is not installed: "
+            "pip install 'cds-service[report]' (or use --format text or json)") from exc
+
+
 def weekly_chart_png(report: Report, labels: dict[str, str] | None = None) -> bytes:
     """Weekly acceptance rate per service (top) and per factor (bottom)."""
+    require_chart()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

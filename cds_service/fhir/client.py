@@ -9,10 +9,10 @@ than a late card. Retries are urllib3's, for idempotent GETs on transient failur
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from datetime import datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
@@ -21,7 +21,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from cds_service.errors import DataUnavailable
-from cds_service.fhir.prefetch import PatientCall
+from cds_service.fhir.prefetch import FetchStats, PatientCall
 from cds_service.fhir.read import bundle_resources
 from cds_service.fhir.searches import patient_searches
 from cds_service.knowledge import Knowledge
@@ -34,24 +34,6 @@ MAX_PAGES = 20
 PAGE_SIZE = 200
 # Keep a little of the budget for assessing and answering.
 ANSWER_MARGIN_SECONDS = 0.1
-
-
-class FetchStats:
-    """FHIR requests made during one hook call (thread-safe; reported in Server-Timing)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.requests = 0
-        self.fetch_seconds = 0.0
-        self.started = time.perf_counter()
-
-    def count(self) -> None:
-        with self._lock:
-            self.requests += 1
-
-    @property
-    def elapsed_ms(self) -> float:
-        return (time.perf_counter() - self.started) * 1000
 
 
 class FhirFetcher:
@@ -76,7 +58,8 @@ class FhirFetcher:
 
     # -- public --------------------------------------------------------------------------------
     def fetch(self, request: PatientCall, keys: list[str], now: datetime, deadline: float,
-              stats: FetchStats, optional: frozenset[str] = frozenset()) -> dict[str, list[dict]]:
+              stats: FetchStats,
+              optional: frozenset[str] = frozenset()) -> dict[str, list[dict[str, Any]]]:
         required = [k for k in keys if k not in optional]
         try:
             base = self._base(request)
@@ -100,15 +83,16 @@ class FhirFetcher:
             done |= more
         for future in pending:
             future.cancel()
-        failed = [f for f in done if f.exception() is not None and futures[f] not in optional]
+        failed = [error for f in done
+                  if futures[f] not in optional and (error := f.exception()) is not None]
         if failed:
-            raise failed[0].exception()
+            raise failed[0]
         if any(futures[f] not in optional for f in pending):
             raise DataUnavailable("the FHIR server did not answer in time")
         return {futures[f]: f.result() for f in done if f.exception() is None}
 
     def read(self, request: PatientCall, references: list[str], deadline: float,
-             stats: FetchStats) -> list[dict]:
+             stats: FetchStats) -> list[dict[str, Any]]:
         """Read referenced resources (e.g. Medication/x); what fails or is late is left out."""
         if not references or request.fhir_server is None:
             return []
@@ -136,8 +120,8 @@ class FhirFetcher:
                                   "service is configured to read")
         return base
 
-    def _search_all(self, request: PatientCall, base: str, path: str, params: dict,
-                    deadline: float, stats: FetchStats) -> list[dict]:
+    def _search_all(self, request: PatientCall, base: str, path: str, params: dict[str, Any],
+                    deadline: float, stats: FetchStats) -> list[dict[str, Any]]:
         """A search (or read) with its following pages, all on the same server."""
         document = self._get_json(request, f"{base}/{path}", params, deadline, stats)
         if document.get("resourceType") != "Bundle":
@@ -157,14 +141,15 @@ class FhirFetcher:
         return resources
 
     @staticmethod
-    def _entries(bundle: dict) -> list[dict]:
-        entries = bundle.get("entry") if isinstance(bundle.get("entry"), list) else []
+    def _entries(bundle: dict[str, Any]) -> list[dict[str, Any]]:
+        entry = bundle.get("entry")
+        entries = entry if isinstance(entry, list) else []
         outcome = {id(e.get("resource")) for e in entries if isinstance(e, dict)
                    and isinstance(e.get("search"), dict) and e["search"].get("mode") == "outcome"}
         return [r for r in bundle_resources(bundle) if id(r) not in outcome]
 
-    def _get_json(self, request: PatientCall, url: str, params: dict | None, deadline: float,
-                  stats: FetchStats) -> dict:
+    def _get_json(self, request: PatientCall, url: str, params: dict[str, Any] | None,
+                  deadline: float, stats: FetchStats) -> dict[str, Any]:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise DataUnavailable("the FHIR server did not answer in time")

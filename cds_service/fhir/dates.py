@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 
 
-def as_utc(value) -> datetime | None:
+def as_utc(value: object) -> datetime | None:
     if value is None:
         return None
     if isinstance(value, datetime):
@@ -27,7 +27,7 @@ def as_utc(value) -> datetime | None:
     return None
 
 
-def parse_instant(value) -> datetime | None:
+def parse_instant(value: object) -> datetime | None:
     """A raw FHIR date/dateTime string as UTC, cheaply, for ordering before validation."""
     if not isinstance(value, str) or len(value) < 4:
         return None
@@ -40,7 +40,7 @@ def parse_instant(value) -> datetime | None:
     return as_utc(parsed)
 
 
-def raw_period_end(period) -> datetime | None:
+def raw_period_end(period: object) -> datetime | None:
     if not isinstance(period, dict):
         return None
     return parse_instant(period.get("end")) or parse_instant(period.get("start"))

@@ -8,6 +8,8 @@ extension-heavy resources. Only resources the rules use are checked (a few per r
 
 from __future__ import annotations
 
+from typing import Any
+
 MAX_JSON_DEPTH = 64
 
 
@@ -15,7 +17,7 @@ def nesting_exceeds(value: object, limit: int = MAX_JSON_DEPTH) -> bool:
     """True if objects/arrays nest deeper than `limit`. Iterative, and stops at the first one."""
     if not isinstance(value, dict | list):
         return False
-    stack: list[tuple[dict | list, int]] = [(value, 1)]
+    stack: list[tuple[dict[str, Any] | list[Any], int]] = [(value, 1)]
     while stack:
         node, depth = stack.pop()
         if depth > limit:

@@ -7,6 +7,7 @@ cannot be had is DataUnavailable (P9, 412). Complete prefetch makes no FHIR call
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -35,9 +36,27 @@ class PatientCall(Protocol):
     def client_iss(self) -> str | None: ...
 
 
+class FetchStats:
+    """FHIR requests made during one hook call (thread-safe; reported in Server-Timing)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests = 0
+        self.fetch_seconds = 0.0
+        self.started = time.perf_counter()
+
+    def count(self) -> None:
+        with self._lock:
+            self.requests += 1
+
+    @property
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000
+
+
 @dataclass
 class PatientData:
-    resources: list[dict] = field(default_factory=list)
+    resources: list[dict[str, Any]] = field(default_factory=list)
     known_empty: list[str] = field(default_factory=list)
     fetched: list[str] = field(default_factory=list)
     # Optional keys neither sent nor readable: the assessment went on without them.
@@ -46,19 +65,22 @@ class PatientData:
 
 class Fetcher(Protocol):
     def fetch(self, request: PatientCall, keys: list[str], now: datetime, deadline: float,
-              stats, optional: frozenset[str] = frozenset()) -> dict[str, list[dict]]:
+              stats: FetchStats,
+              optional: frozenset[str] = frozenset()) -> dict[str, list[dict[str, Any]]]:
         """Resources for each key; raise DataUnavailable when a key not in `optional` cannot be
         had. Optional keys that cannot be had are left out of the answer."""
 
     def read(self, request: PatientCall, references: list[str], deadline: float,
-             stats) -> list[dict]:
+             stats: FetchStats) -> list[dict[str, Any]]:
         """Referenced resources that could be read in time."""
 
 
 class NoFetcher:
     """Prefetch only: anything missing makes the call unanswerable."""
 
-    def fetch(self, request, keys, now, deadline, stats, optional=frozenset()):
+    def fetch(self, request: PatientCall, keys: list[str], now: datetime, deadline: float,
+              stats: FetchStats,
+              optional: frozenset[str] = frozenset()) -> dict[str, list[dict[str, Any]]]:
         required = [k for k in keys if k not in optional]
         if required:
             raise DataUnavailable("prefetch is missing " + ", ".join(required) + " and this "
@@ -66,34 +88,36 @@ class NoFetcher:
                                   "discovery")
         return {}
 
-    def read(self, request, references, deadline, stats):
+    def read(self, request: PatientCall, references: list[str], deadline: float,
+             stats: FetchStats) -> list[dict[str, Any]]:
         return []
 
 
-def _has_next_page(bundle: dict) -> bool:
+def _has_next_page(bundle: dict[str, Any]) -> bool:
     links = bundle.get("link")
     return isinstance(links, list) and any(
         isinstance(link, dict) and link.get("relation") == "next" for link in links)
 
 
-def _when(resource: dict) -> datetime | None:
+def _when(resource: dict[str, Any]) -> datetime | None:
     return (raw_period_end(resource.get("period")) or parse_instant(
         resource.get("effectiveDateTime")) or raw_period_end(resource.get("effectivePeriod")))
 
 
-def _first_page_suffices(search: PatientSearch, bundle: dict, now: datetime) -> bool:
+def _first_page_suffices(search: PatientSearch, bundle: dict[str, Any], now: datetime) -> bool:
     """A paged search sorted newest first whose first page already reaches past the window the
     rules read holds everything they need: its later pages are not fetched."""
     if not search.sort_template or search.window_days is None:
         return False
-    dates = [_when(r) for r in bundle_resources(bundle)]
-    if not dates or any(d is None for d in dates) or dates != sorted(dates, reverse=True):
+    resources = bundle_resources(bundle)
+    dates = [d for r in resources if (d := _when(r)) is not None]
+    if not dates or len(dates) != len(resources) or dates != sorted(dates, reverse=True):
         return False
     return dates[-1] < now - timedelta(days=search.window_days)
 
 
 def gather(request: PatientCall, searches: tuple[PatientSearch, ...], fetcher: Fetcher,
-           now: datetime, deadline: float, stats) -> PatientData:
+           now: datetime, deadline: float, stats: FetchStats) -> PatientData:
     data = PatientData()
     to_fetch = []
     declared = {search.key for search in searches}
@@ -103,7 +127,7 @@ def gather(request: PatientCall, searches: tuple[PatientSearch, ...], fetcher: F
         if key not in declared and isinstance(value, dict):
             found = bundle_resources(value)
             data.resources += found
-            elsewhere |= {r.get("resourceType") for r in found}
+            elsewhere |= {kind for r in found if isinstance(kind := r.get("resourceType"), str)}
     for search in searches:
         key = search.key
         value = request.prefetch.get(key, ...)

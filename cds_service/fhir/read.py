@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from cds_service.fhir.nesting import MAX_JSON_DEPTH, nesting_exceeds
 from fhir.resources.R4B import get_fhir_model_class
@@ -58,7 +59,7 @@ def concept_text(concept: Any) -> str:
     return " ".join(d for _s, _c, d in codings(concept) if d)
 
 
-def as_list(value: Any) -> list:
+def as_list(value: Any) -> list[Any]:
     """A FHIR array element as a list, tolerating a single object where the array belongs."""
     if isinstance(value, list):
         return value
@@ -76,12 +77,11 @@ def medication_reference(reference: Any) -> str | None:
 
 
 def reference_of(value: Any) -> str | None:
-    if isinstance(value, dict) and isinstance(value.get("reference"), str):
-        return value["reference"]
-    return None
+    reference = value.get("reference") if isinstance(value, dict) else None
+    return reference if isinstance(reference, str) else None
 
 
-def belongs_to(resource: dict, patient_id: str) -> bool:
+def belongs_to(resource: dict[str, Any], patient_id: str) -> bool:
     """False only when the resource names a different patient as its subject."""
     for key in ("subject", "patient"):
         ref = reference_of(resource.get(key))
@@ -92,7 +92,7 @@ def belongs_to(resource: dict, patient_id: str) -> bool:
     return True
 
 
-def _locate(document: Any, loc: tuple) -> tuple[Any, Any] | None:
+def _locate(document: Any, loc: tuple[int | str, ...]) -> tuple[Any, Any] | None:
     """(container, key) of the element at a pydantic error location, if it exists."""
     node = document
     for step in loc[:-1]:
@@ -108,7 +108,7 @@ def _locate(document: Any, loc: tuple) -> tuple[Any, Any] | None:
     return node, last
 
 
-def _repair(document: dict, error: dict) -> bool:
+def _repair(document: dict[str, Any], error: ErrorDetails) -> bool:
     """Fix one tolerated defect in place; False when the error is not one we repair."""
     found = _locate(document, tuple(error.get("loc", ())))
     if found is None:
@@ -128,7 +128,7 @@ def _repair(document: dict, error: dict) -> bool:
     return False
 
 
-def validate(resource: dict) -> Any:
+def validate(resource: dict[str, Any]) -> Any:
     """The fhir.resources R4B model of a raw resource, or raise Unreadable with a short reason."""
     resource_type = resource.get("resourceType")
     if not isinstance(resource_type, str):
@@ -166,7 +166,7 @@ class ValidationMemo:
         self.capacity = capacity
         self._verdicts: dict[bytes, str | None] = {}
 
-    def check(self, resource: dict) -> None:
+    def check(self, resource: dict[str, Any]) -> None:
         """Raise Unreadable exactly as `validate` would, for this resource's content."""
         try:
             key = hashlib.blake2b(orjson.dumps(resource, option=orjson.OPT_SORT_KEYS),
@@ -194,7 +194,7 @@ class ValidationMemo:
 VALIDATION_MEMO = ValidationMemo()
 
 
-def bundle_resources(value: Any) -> list[dict]:
+def bundle_resources(value: Any) -> list[dict[str, Any]]:
     """Resources in a Bundle (any type, or none), or the value itself if it is a resource."""
     if not isinstance(value, dict):
         return []
@@ -212,7 +212,7 @@ def bundle_resources(value: Any) -> list[dict]:
     return found
 
 
-def unresolved_medications(resources: list[dict]) -> list[str]:
+def unresolved_medications(resources: list[dict[str, Any]]) -> list[str]:
     """`Medication/x` references of medicine orders whose Medication is not at hand."""
     present = {f"Medication/{r.get('id')}" for r in resources
                if isinstance(r, dict) and r.get("resourceType") == "Medication"}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from cds_service.knowledge import Knowledge
 
@@ -42,7 +43,8 @@ class PatientSearch:
             query.append(("_sort", f"-{self.date_param}"))
         return f"{self.resource_type}?" + "&".join(f"{k}={v}" for k, v in query)
 
-    def fallback(self, patient_id: str, now: datetime, page_size: int) -> tuple[str, dict]:
+    def fallback(self, patient_id: str, now: datetime,
+                 page_size: int) -> tuple[str, dict[str, Any]]:
         """(path, search parameters) of the fallback query."""
         if self.read:
             return f"{self.resource_type}/{patient_id}", {}

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from cds_service.fhir.read import validate
 
-_SAMPLES = [
+_SAMPLES: list[dict[str, Any]] = [
     {"resourceType": "Patient", "id": "warm-up", "gender": "unknown"},
     {"resourceType": "Condition", "id": "w", "subject": {"reference": "Patient/warm-up"},
      "code": {"text": "warm-up"}},

@@ -5,7 +5,9 @@ from __future__ import annotations
 import itertools
 import json
 import tomllib
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from cds_service.knowledge.model import (
     ConceptIndex,
@@ -64,14 +66,14 @@ class _Reader:
     def key(self, short: str, code: str) -> CodeKey:
         return self.systems.canonical(self.uri(short), code)
 
-    def keys(self, rows) -> frozenset[CodeKey]:
+    def keys(self, rows: Iterable[Sequence[str]]) -> frozenset[CodeKey]:
         return frozenset(self.key(row[0], row[1]) for row in rows)
 
     def valueset(self, rel: str) -> list[tuple[str, str, str]]:
         return [(*self.systems.canonical(s, c), d)
                 for s, c, d in load_valueset(self.base / "valuesets" / rel)]
 
-    def concept(self, cid: str, spec: dict) -> ConceptSet:
+    def concept(self, cid: str, spec: dict[str, Any]) -> ConceptSet:
         codes = set(self.keys(spec.get("codes", [])))
         for rel in spec.get("valuesets", []):
             codes |= {(s, c) for s, c, _d in self.valueset(rel)}
@@ -92,7 +94,7 @@ class _Reader:
             text_required_for=self.keys(spec.get("text_required_for", [])),
         )
 
-    def medicine(self, mid: str, spec: dict) -> MedicineClass:
+    def medicine(self, mid: str, spec: dict[str, Any]) -> MedicineClass:
         rxnorm_uri, atc_uri = self.uri("rxnorm"), self.uri("atc")
         rxnorm = {code: name for code, name, _src in spec.get("rxnorm", [])}
         non_systemic = phrase_pattern(spec.get("non_systemic", []))
@@ -134,7 +136,7 @@ class _Reader:
         )
 
 
-def _single_dose(spec: dict | None) -> SingleDose | None:
+def _single_dose(spec: dict[str, Any] | None) -> SingleDose | None:
     if not spec:
         return None
     return SingleDose(phrase_pattern(spec.get("once", [])),
@@ -142,7 +144,7 @@ def _single_dose(spec: dict | None) -> SingleDose | None:
                       phrase_pattern(spec.get("purposes", [])))
 
 
-def _criterion(factor_id: str, spec: dict) -> LabCriterion:
+def _criterion(factor_id: str, spec: dict[str, Any]) -> LabCriterion:
     comparisons = [k for k in ("above", "below", "at_least", "above_uln_multiple",
                                "below_uln_multiple") if k in spec]
     if len(comparisons) != 1:
@@ -167,7 +169,7 @@ def _criterion(factor_id: str, spec: dict) -> LabCriterion:
                         worse_at=worse_at)
 
 
-def _factor(fid: str, spec: dict) -> Factor:
+def _factor(fid: str, spec: dict[str, Any]) -> Factor:
     when = spec.get("condition_when", "current")
     if when not in ("current", "prior", "recent") or (when == "recent") != (
             "recent_days" in spec):
@@ -180,13 +182,13 @@ def _factor(fid: str, spec: dict) -> Factor:
                   recent_days=spec.get("recent_days"), sex=spec.get("sex"))
 
 
-def _pairing(spec: dict) -> Pairing:
+def _pairing(spec: dict[str, Any]) -> Pairing:
     return Pairing(spec["id"], frozenset(spec.get("all", ())), frozenset(spec.get("any", ())),
                    bool(spec.get("any_culprit")), bool(spec.get("with_other_modifiable")),
                    bool(spec.get("consider")), spec["why"])
 
 
-def _gates(spec: dict) -> Gates:
+def _gates(spec: dict[str, Any]) -> Gates:
     cinacalcet, swap = spec["cinacalcet"], spec["binder_swap"]
     return Gates(
         cinacalcet_calcium=tuple(_criterion("gates.cinacalcet", c)

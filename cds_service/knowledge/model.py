@@ -297,6 +297,18 @@ class LabCriterion:
     # result past one more of them is "worse" and shows an overridden card again (quieting).
     worse_at: tuple[float, ...] = ()
 
+    def limit(self, assay_uln: float | None = None) -> tuple[float, float | None]:
+        """(the limit in the canonical unit, the ULN it multiplies or None for a fixed limit):
+        a ULN multiple uses the assay's own upper limit when the result gives one."""
+        if self.uln_multiple is not None:
+            uln = assay_uln or self.default_uln
+            if uln is None:  # the loader refuses a ULN multiple without default_uln
+                raise ValueError(f"{self.lab}: a ULN multiple without default_uln")
+            return self.uln_multiple * uln, uln
+        if self.threshold is None:
+            raise ValueError(f"{self.lab}: a criterion with no limit")
+        return self.threshold, None
+
     def band(self, value: float, uln: float | None = None) -> int:
         """How many `worse_at` limits a result (already past the first limit) is past."""
         measure = value / uln if self.uln_multiple is not None and uln else value
@@ -439,7 +451,8 @@ class Knowledge:
     def dialysis_recency_days(self) -> int:
         return self.scope.dialysis_recency_days
 
-    def classify_medicine(self, codings, text: str, form_text: str = "") -> MedicineMatch | None:
+    def classify_medicine(self, codings: Codings, text: str,
+                          form_text: str = "") -> MedicineMatch | None:
         return self.medicines.classify(codings, text, form_text)
 
     def canonical_unit(self, unit: str) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 CodeKey = tuple[str, str]  # (canonical system URI, canonical code)
 
@@ -45,7 +46,7 @@ class _CodeFormat:
 class CodeSystems:
     """Canonical (system, code) for any spelling the knowledge file lists."""
 
-    def __init__(self, spec: dict[str, dict]):
+    def __init__(self, spec: dict[str, dict[str, Any]]):
         self.uri: dict[str, str] = {}  # short name -> canonical URI
         self._routes: dict[str, tuple[_Route, ...]] = {}
         self._formats: dict[str, _CodeFormat] = {}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 # The certainties a Condition's wording can give, strongest first.
 NEGATED = "negated"
@@ -65,7 +66,7 @@ class Wording:
     rules: tuple[tuple[str, re.Pattern[str]], ...]  # (certainty, pattern), strongest first
 
     @classmethod
-    def compile(cls, term: str, spec: dict) -> Wording:
+    def compile(cls, term: str, spec: dict[str, Any]) -> Wording:
         """`term` is the regex body of the concept's phrases; `spec` the knowledge-file table."""
         before_fill = _alternatives(spec.get("fillers_before", []))
         after_fill = _alternatives(spec.get("fillers_after", []))

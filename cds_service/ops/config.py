@@ -29,7 +29,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 # Client JWT algorithms: CDS Hooks names ES384 and RS384; the 256 variants only when a client's
 # config lists them. Symmetric (HS*) and `none` can never be configured.
-DEFAULT_ALGORITHMS = ("ES384", "RS384")
+Algorithm = Literal["ES384", "RS384", "ES256", "RS256"]
+DEFAULT_ALGORITHMS: tuple[Algorithm, ...] = ("ES384", "RS384")
 SUPPORTED_ALGORITHMS = frozenset({"ES384", "RS384", "ES256", "RS256"})
 MIN_KEY_BYTES = 16
 
@@ -55,8 +56,7 @@ class TrustedClient(BaseModel):
 
     iss: StrictStr
     jwks: dict[str, Any] | None = None  # inline JWK Set (from `jwks` or `jwks_file`)
-    algorithms: Annotated[tuple[Literal["ES384", "RS384", "ES256", "RS256"], ...],
-                          Field(min_length=1)] = DEFAULT_ALGORITHMS
+    algorithms: Annotated[tuple[Algorithm, ...], Field(min_length=1)] = DEFAULT_ALGORITHMS
     jku: Annotated[StrictStr | None, AfterValidator(_https_jku)] = None  # keys' only URL
     tenant: StrictStr | None = None
     fhir_servers: tuple[StrictStr, ...] = ()
@@ -170,7 +170,8 @@ def _public_base_url(value: str) -> str:
 
 
 def _relative(value: Path | None, info: ValidationInfo) -> Path | None:
-    return (info.context["base"] / value).resolve() if value is not None else None
+    base: Path = info.context["base"] if info.context else Path()  # load_settings gives it
+    return (base / value).resolve() if value is not None else None
 
 
 # A folder named in the file, relative to the file's folder; "" is none.
