@@ -1,8 +1,10 @@
-"""Throughput of `cds-service serve` (granian) and of the server before issue 12 (gunicorn sync
-workers), side by side, interleaved so that both see the same machine.
+"""Throughput of two servers side by side, interleaved so that both see the same machine: by
+default `cds-service serve --server proxy` (granian's front before gunicorn sync workers) and
+the server before issue 12 (gunicorn sync workers alone, no front).
 
     .venv/bin/python bench/server_ab.py                       # 3 rounds x 4 kinds x 5 s x 2
     .venv/bin/python bench/server_ab.py --rounds 5 --seconds 8
+    .venv/bin/python bench/server_ab.py --servers granian,gunicorn-sync
 
 Both servers run at once (2 workers each, development mode, the same app); an idle one costs
 nothing. For each kind of request, each round runs wrk (4 connections) against one server then
@@ -19,11 +21,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from production_server import CpuShare, ProductionServer
+from contextlib import ExitStack
+
+from production_server import SERVERS, CpuShare, ProductionServer
 from requests_builder import hook_cases
 from wrk_runner import run_wrk, write_script
 
-SERVERS = ("granian", "gunicorn-sync")
+LABELS = {"granian": "granian", "proxy": "proxy", "gunicorn-sync": "gunicorn sync"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,20 +36,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--sizes", default="50,250")
+    parser.add_argument("--servers", default="proxy,gunicorn-sync",
+                        help=f"two of {', '.join(SERVERS)}: new,baseline")
     args = parser.parse_args(argv)
+    names = tuple(args.servers.split(","))
+    if len(names) != 2 or not set(names) <= set(SERVERS):
+        parser.error(f"--servers: two of {', '.join(SERVERS)}")
+    new, base = names
     cases = hook_cases([int(s) for s in args.sizes.split(",")])
     figures: dict[tuple[str, str], list[float]] = {}
     others: dict[tuple[str, str], list[float]] = {}
     errors = 0
-    with tempfile.TemporaryDirectory(prefix="bench-ab-") as folder, \
-            ProductionServer(workers=2, kind="granian") as granian, \
-            ProductionServer(workers=2, kind="gunicorn-sync") as gunicorn:
-        servers = {"granian": granian, "gunicorn-sync": gunicorn}
+    with tempfile.TemporaryDirectory(prefix="bench-ab-") as folder, ExitStack() as stack:
+        servers = {name: stack.enter_context(ProductionServer(workers=2, kind=name))
+                   for name in names}
         for index, case in enumerate(cases):
             script = write_script(Path(folder), f"case{index}", case.method, case.body,
                                   case.markers)
             for round_ in range(args.rounds):
-                order = SERVERS if round_ % 2 == 0 else SERVERS[::-1]
+                order = names if round_ % 2 == 0 else names[::-1]
                 for name in order:
                     server = servers[name]
                     cpu = CpuShare(server)
@@ -59,14 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nreq/s, {args.rounds} interleaved rounds of {args.seconds} s, wrk "
           f"--connections={args.connections}, 2 workers each; other CPU = mean share of the "
           f"machine other processes took during the runs\n")
-    header = (f"{'request':<24} {'granian req/s (rounds)':<28} {'gunicorn sync req/s (rounds)':<30}"
-              f" {'mean ratio':>10} {'other CPU':>10}")
+    header = (f"{'request':<24} {LABELS[new] + ' req/s (rounds)':<28} "
+              f"{LABELS[base] + ' req/s (rounds)':<30} {'mean ratio':>10} {'other CPU':>10}")
     print(header)
     print("-" * len(header))
     for case in cases:
-        now, before = figures[(case.name, "granian")], figures[(case.name, "gunicorn-sync")]
-        other = statistics.mean(others[(case.name, "granian")] + others[(case.name,
-                                                                          "gunicorn-sync")])
+        now, before = figures[(case.name, new)], figures[(case.name, base)]
+        other = statistics.mean(others[(case.name, new)] + others[(case.name, base)])
         print(f"{case.name:<24} {' '.join(f'{x:6.0f}' for x in now):<28} "
               f"{' '.join(f'{x:6.0f}' for x in before):<30} "
               f"{statistics.mean(now) / statistics.mean(before):>9.2f}x {other:>9.0f}%")
