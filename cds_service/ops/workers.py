@@ -30,7 +30,11 @@ from pathlib import Path
 from cds_service.ops.config import Settings
 from cds_service.ops.front import RECEIVED_AT_HEADER
 from cds_service.ops.rsgi_bridge import RECEIVED_AT
-from cds_service.ops.server import GRACEFUL_SECONDS, WORKER_TIMEOUT_SECONDS
+from cds_service.ops.server import (
+    GRACEFUL_SECONDS,
+    MAX_HEADER_BUFFER_BYTES,
+    WORKER_TIMEOUT_SECONDS,
+)
 
 log = logging.getLogger("cds_service.ops.server")
 
@@ -101,7 +105,9 @@ def gunicorn_options(socket_path: str, workers: int,
         "accesslog": None, "logconfig_dict": log_config(), "control_socket_disable": True,
         # Only the front connects, with headers it has already bounded (64 KB); the app's own
         # limits (header_limits.py) answer with the service's JSON 431, not gunicorn's HTML.
-        "limit_request_line": 0, "limit_request_field_size": 0, "limit_request_fields": 32768,
+        # (0 is "unlimited" for the line and the count, but the default 8190 for a field.)
+        "limit_request_line": 0, "limit_request_fields": 32768,
+        "limit_request_field_size": MAX_HEADER_BUFFER_BYTES,
         "worker_exit": worker_exit, "child_exit": child_exit,
     }
 
@@ -111,6 +117,13 @@ def _die_with_parent() -> None:
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
+        pass
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
         pass
 
 
@@ -128,7 +141,10 @@ def _arbiter_class():
             self._start_front()
 
         def _start_front(self) -> None:
-            self.front = subprocess.Popen(self.front_command, preexec_fn=_die_with_parent)
+            # Its own process group: if the front's main process dies, its worker is ended
+            # with it (killpg) rather than left holding the port.
+            self.front = subprocess.Popen(self.front_command, preexec_fn=_die_with_parent,
+                                          process_group=0)
             self.log.info("front started (pid %s)", self.front.pid)
 
         def manage_workers(self) -> None:
@@ -136,6 +152,7 @@ def _arbiter_class():
             if self.front is not None and self.front.poll() is not None:
                 self.log.error("the front exited (code %s): starting it again",
                                self.front.returncode)
+                _kill_group(self.front.pid)
                 self._start_front()
 
         def stop(self, graceful: bool = True) -> None:
@@ -145,7 +162,9 @@ def _arbiter_class():
                 try:
                     front.wait(GRACEFUL_SECONDS + 2)
                 except subprocess.TimeoutExpired:
-                    front.kill()
+                    pass
+            if front is not None:
+                _kill_group(front.pid)  # whatever of it is left
             super().stop(graceful)
 
     return WithFront
