@@ -19,9 +19,8 @@ import argparse
 import statistics
 import sys
 import tempfile
-from pathlib import Path
-
 from contextlib import ExitStack
+from pathlib import Path
 
 from production_server import SERVERS, CpuShare, ProductionServer
 from requests_builder import hook_cases

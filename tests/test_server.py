@@ -12,7 +12,6 @@ import requests
 from served import Served, SlowClients
 from test_bad_input import PATIENT_VIEW, REFERENCE_SUMMARY, patient_view
 
-
 SERVERS = ("granian", "proxy")
 
 
