@@ -186,7 +186,8 @@ def granian_options(host: str, port: int) -> dict:
     return {
         "address": host, "port": port, "interface": Interfaces.RSGI,
         # One process: it only moves bytes; the CPU is the workers'.
-        "workers": 1, "loop": Loops(os.environ.get("CDS_FRONT_LOOP", "asyncio")), "http": HTTPModes.http1, "websockets": False,
+        "workers": 1, "loop": Loops(os.environ.get("CDS_FRONT_LOOP", "asyncio")),
+        "http": HTTPModes.http1, "websockets": False,
         # Headers must be in within this; bodies may trickle (they cost no worker).
         "http1_settings": HTTP1Settings(header_read_timeout=30_000,
                                         max_buffer_size=server.MAX_HEADER_BUFFER_BYTES),
