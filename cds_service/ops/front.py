@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import socket
 import time
 from urllib.parse import quote
@@ -186,7 +185,7 @@ def granian_options(host: str, port: int) -> dict:
     return {
         "address": host, "port": port, "interface": Interfaces.RSGI,
         # One process: it only moves bytes; the CPU is the workers'.
-        "workers": 1, "loop": Loops(os.environ.get("CDS_FRONT_LOOP", "asyncio")),
+        "workers": 1, "loop": Loops.asyncio,
         "http": HTTPModes.http1, "websockets": False,
         # Headers must be in within this; bodies may trickle (they cost no worker).
         "http1_settings": HTTP1Settings(header_read_timeout=30_000,
