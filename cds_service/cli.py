@@ -13,6 +13,11 @@ import orjson
 from cds_service.errors import ServiceError
 from cds_service.ops.config import ConfigError, Settings, load_settings
 
+# `serve`'s servers (ops/server.py: granian's workers; ops/workers.py: granian's front before
+# gunicorn's sync workers) and the one it runs unless told (README, "Slow clients").
+SERVERS = ("granian", "proxy")
+DEFAULT_SERVER = "granian"
+
 
 @click.group()
 def main() -> None:
@@ -26,8 +31,8 @@ def main() -> None:
               help="TOML configuration file. Without one: development mode on loopback.")
 @click.option("--workers", type=int, help="Worker processes, one call at a time each "
               "(default 2).")
-@click.option("--server", "server_kind", type=click.Choice(["granian", "proxy"]),
-              default="granian", show_default=True, envvar="CDS_SERVER",
+@click.option("--server", "server_kind", type=click.Choice(SERVERS),
+              default=DEFAULT_SERVER, show_default=True, envvar="CDS_SERVER",
               help="granian: granian's workers run the app; proxy: granian reads whole "
               "requests and hands them to gunicorn's sync workers (ops/workers.py).")
 def serve(host: str | None, port: int | None, config_path: str | None,
