@@ -74,7 +74,10 @@ def write_config(folder: Path, port: int, instance_dir: Path,
     jwk = {**ECAlgorithm.to_jwk(KEY.public_key(), as_dict=True), "kid": "faults-1"}
     (folder / "jwks.json").write_text(json.dumps({"keys": [jwk]}))
     lines = [f'public_base_url = "http://127.0.0.1:{port}/"',
-             f'instance_dir = "{instance_dir}"']
+             f'instance_dir = "{instance_dir}"',
+             # The drill overrides every card it gets; quieting would then (rightly) hide the
+             # same patient's next cards. Off here: every call is expected to bring its card.
+             "override_quiet_days = 0"]
     if database_url:
         lines.append(f'database_url = "{database_url}"')
     lines += ["[[clients]]", f'iss = "{ISS}"', 'jwks_file = "jwks.json"']
