@@ -55,7 +55,7 @@ import jwt
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
-from production_server import ProductionServer, free_port
+from production_server import CpuShare, ProductionServer, free_port
 from requests_builder import hook_cases
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -349,6 +349,7 @@ class Row:
     tally: Tally | None = None
     lost: int = 0
     note: str = ""
+    other_pct: float = float("nan")  # CPU other processes took during the fault window
 
 
 @dataclass
@@ -391,10 +392,13 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace, body: bytes, pg) 
         ehrs.start()
         time.sleep(args.warmup)
         tally.fault_from = time.monotonic()
+        cpu = CpuShare(server)
         if scenario.apply:
             scenario.apply(server, state)
         time.sleep(args.seconds)
         tally.fault_to = time.monotonic()
+        cpu.stop()
+        row.other_pct = cpu.others_pct
         if scenario.remove:
             scenario.remove(server, state)
         time.sleep(2.0)
@@ -471,14 +475,15 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
     header = (f"{'scenario':<38} {'calls':>6} {'in time':>8} {'p50 ms':>7} {'p99 ms':>7} "
               f"{'all calls':>9} {'in time':>8} "
               f"{'outcomes':>8} {'503 first':>9} {'acked':>6} {'deferred':>8} {'refused':>7} "
-              f"{'LOST':>5}")
+              f"{'LOST':>5} {'other CPU':>9}")
     print(f"\nserver: cds-service serve --server {args.server}, 2 workers (rows naming another "
           "server ran that one)")
     print(f"in time = 200 with the card within {args.in_time_ms:g} ms. calls, in time, p50, "
           f"p99: the hook calls started while the fault was on ({args.seconds:g} s, after "
           f"{args.warmup:g} s of traffic); all calls: the whole run, 2 s after the fault "
           f"included. Outcomes answered 503 were re-sent until acked (up to {RETRY_FOR_S:g} "
-          "s).\n")
+          "s). other CPU: the share of the machine other processes took during the fault (this "
+          "script's own EHR, slow-client and relay threads included).\n")
     print(header)
     print("-" * len(header))
     for row in rows:
@@ -499,7 +504,7 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
               f"{q[98]:>7.1f} {len(t.calls):>9} {in_time(t.calls):>8} "
               f"{t.sent:>8} {t.answered_later:>9} {len(t.acknowledged):>6} "
               f"{len(t.deferred):>8} "
-              f"{len(t.refused):>7} {lost:>5}")
+              f"{len(t.refused):>7} {lost:>5} {row.other_pct:>8.0f}%")
         if row.note:
             print(f"{'':<40}{row.note}")
         for refusal in t.refused[:3]:
