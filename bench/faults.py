@@ -482,8 +482,8 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
           f"p99: the hook calls started while the fault was on ({args.seconds:g} s, after "
           f"{args.warmup:g} s of traffic); all calls: the whole run, 2 s after the fault "
           f"included. Outcomes answered 503 were re-sent until acked (up to {RETRY_FOR_S:g} "
-          "s). other CPU: the share of the machine other processes took during the fault (this "
-          "script's own EHR, slow-client and relay threads included).\n")
+          "s). other CPU: the share of the machine that processes other than the server and "
+          "this script took during the fault.\n")
     print(header)
     print("-" * len(header))
     for row in rows:
