@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint fixtures bench bench-floor bench-fhir alert-burden soak faults clean
+.PHONY: serve test lint fixtures bench bench-floor bench-fhir alert-burden soak faults bench-servers clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ soak: $(STAMP)
 # Slow clients, kill -9, full disk, locked SQLite, hung PostgreSQL against the real server.
 faults: $(STAMP)
 	$(BIN)/python bench/faults.py
+
+# serve's two servers and gunicorn sync alone, interleaved (bench/README.md, issue 12).
+bench-servers: $(STAMP)
+	$(BIN)/python bench/server_ab.py --servers proxy,granian,gunicorn-sync
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -175,3 +175,13 @@ def test_the_worker_side_takes_the_fronts_received_time_and_only_a_sane_one():
     app({}, None)
     assert seen[0][RECEIVED_AT] == earlier and key not in seen[0]
     assert all(e[RECEIVED_AT] > earlier + 0.2 for e in seen[1:])
+
+
+def test_gunicorn_ends_a_stuck_worker_before_the_front_gives_up_on_it():
+    """A stuck worker is gunicorn's to end (its timeout); the front waits longer, so the client
+    gets the front's 503 when the worker is killed, not a timeout first."""
+    from cds_service.ops.workers import FRONT_TIMEOUT_SECONDS, gunicorn_options
+
+    options = gunicorn_options("/tmp/x.sock", 2, [])
+    assert options["worker_class"] == "sync" and options["timeout"] < FRONT_TIMEOUT_SECONDS
+    assert options["limit_request_field_size"] >= 64 * 1024  # the app answers 431, in JSON
