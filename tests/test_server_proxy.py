@@ -21,6 +21,7 @@ WORKERS = 2
 @pytest.fixture(scope="module")
 def server():
     served = Served(workers=WORKERS, server="proxy")
+    served.started = time.monotonic()  # the front was up before the server answered
     yield served
     served.stop()
 
@@ -72,6 +73,10 @@ def test_a_killed_worker_is_replaced(server):
 
 
 def test_a_dead_front_is_started_again_and_leaves_nothing_behind(server):
+    from cds_service.ops.workers import FRONT_MIN_UPTIME_SECONDS
+
+    # A front dying right after its start means it cannot start: that stops the service.
+    time.sleep(max(0.0, FRONT_MIN_UPTIME_SECONDS + 1 - (time.monotonic() - server.started)))
     (front,) = server.front_pids()
     front_workers = [pid for pid in _pids() if _parent(pid) == front]
     assert front_workers
@@ -122,3 +127,27 @@ def test_sigterm_stops_the_front_and_the_workers_cleanly():
         assert "Granian shutdown completed" in log and "Shutting down: Master" in log
     finally:
         served.stop()
+
+
+def test_a_taken_port_stops_the_service_instead_of_restarting_the_front(tmp_path):
+    import socket
+    import subprocess
+
+    from served import CDS_SERVICE
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = subprocess.Popen(
+            [str(CDS_SERVICE), "serve", "--server", "proxy", "--port", str(port)],
+            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
+            start_new_session=True)
+        try:
+            output, _ = process.communicate(timeout=90)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode not in (0, None)
+    assert b"the front exited at start" in output

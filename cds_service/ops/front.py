@@ -36,7 +36,7 @@ RECEIVED_AT_HEADER = "x-cds-received-at"
 # Connection-level headers (RFC 9110 7.6.1) are this hop's, not the worker's; the framing is
 # redone here (the body is whole: Content-Length); a client must not set the received time.
 _NOT_FORWARDED = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer",
-                            "transfer-encoding", "upgrade", "content-length",
+                            "transfer-encoding", "upgrade", "content-length", "expect",
                             RECEIVED_AT_HEADER})
 _NOT_RETURNED = frozenset({"connection", "keep-alive", "transfer-encoding", "server"})
 _READ_BYTES = 256 * 1024

@@ -44,6 +44,8 @@ MAX_REQUESTS, MAX_REQUESTS_JITTER = 10_000, 1_000
 # The front waits this long for a worker's answer: past gunicorn's own timeout, which ends a
 # stuck worker first (its client then gets the front's 503).
 FRONT_TIMEOUT_SECONDS = WORKER_TIMEOUT_SECONDS + 5
+# A front that dies sooner than this after its start cannot start at all: stop the service.
+FRONT_MIN_UPTIME_SECONDS = 5.0
 # SIGTERM: the front's graceful stop, then the workers'; the Kubernetes grace period covers both.
 SHUTDOWN_SECONDS = 2 * GRACEFUL_SECONDS
 _WIRE_ENVIRON_KEY = "HTTP_" + RECEIVED_AT_HEADER.upper().replace("-", "_")
@@ -129,6 +131,7 @@ def _kill_group(pgid: int) -> None:
 
 def _arbiter_class():
     from gunicorn.arbiter import Arbiter
+    from gunicorn.errors import HaltServer
 
     class WithFront(Arbiter):
         """gunicorn's master, which also keeps the front running."""
@@ -145,14 +148,19 @@ def _arbiter_class():
             # with it (killpg) rather than left holding the port.
             self.front = subprocess.Popen(self.front_command, preexec_fn=_die_with_parent,
                                           process_group=0)
+            self.front_started = time.monotonic()
             self.log.info("front started (pid %s)", self.front.pid)
 
         def manage_workers(self) -> None:
             super().manage_workers()
             if self.front is not None and self.front.poll() is not None:
-                self.log.error("the front exited (code %s): starting it again",
-                               self.front.returncode)
+                code = self.front.returncode
                 _kill_group(self.front.pid)
+                if time.monotonic() - self.front_started < FRONT_MIN_UPTIME_SECONDS:
+                    # It cannot start (the port is taken, say): stop rather than loop.
+                    self.front = None
+                    raise HaltServer(f"the front exited at start (code {code})", 1)
+                self.log.error("the front exited (code %s): starting it again", code)
                 self._start_front()
 
         def stop(self, graceful: bool = True) -> None:
