@@ -46,8 +46,10 @@ MAX_REQUESTS, MAX_REQUESTS_JITTER = 10_000, 1_000
 FRONT_TIMEOUT_SECONDS = WORKER_TIMEOUT_SECONDS + 5
 # A front that dies sooner than this after its start cannot start at all: stop the service.
 FRONT_MIN_UPTIME_SECONDS = 5.0
-# SIGTERM: the front's graceful stop, then the workers'; the Kubernetes grace period covers both.
-SHUTDOWN_SECONDS = 2 * GRACEFUL_SECONDS
+# SIGTERM: the front's graceful stop (granian's, and a moment to exit), then the workers'; the
+# Kubernetes grace period covers both.
+FRONT_STOP_SECONDS = GRACEFUL_SECONDS + 2
+SHUTDOWN_SECONDS = FRONT_STOP_SECONDS + GRACEFUL_SECONDS
 _WIRE_ENVIRON_KEY = "HTTP_" + RECEIVED_AT_HEADER.upper().replace("-", "_")
 
 
@@ -168,7 +170,7 @@ def _arbiter_class():
             if front is not None and front.poll() is None:
                 front.send_signal(signal.SIGTERM if graceful else signal.SIGINT)
                 try:
-                    front.wait(GRACEFUL_SECONDS + 2)
+                    front.wait(FRONT_STOP_SECONDS)
                 except subprocess.TimeoutExpired:
                     pass
             if front is not None:
