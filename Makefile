@@ -15,7 +15,7 @@ UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --quiet --universal --python-v
 	--generate-hashes --custom-compile-command "make lock"
 
 .PHONY: serve test test-py313 lint lock fixtures bench bench-floor bench-fhir alert-burden soak \
-	faults clean
+	faults bench-servers clean
 
 # pip, not uv, installs: a fresh machine has only Python. The lock pins every package (hashes
 # checked); the project itself goes in editable, with no dependency resolution of its own.
@@ -82,6 +82,10 @@ soak: $(STAMP)
 # Slow clients, kill -9, full disk, locked SQLite, hung PostgreSQL against the real server.
 faults: $(STAMP)
 	$(BIN)/python bench/faults.py
+
+# serve's two servers and gunicorn sync alone, interleaved (bench/README.md, issue 12).
+bench-servers: $(STAMP)
+	$(BIN)/python bench/server_ab.py --servers proxy,granian,gunicorn-sync
 
 clean:
 	rm -rf $(VENV) $(VENV313) build *.egg-info

@@ -3,7 +3,9 @@
     .venv/bin/python bench/faults.py                 # every scenario, ~3 min
     .venv/bin/python bench/faults.py --only locked-sqlite,kill-9 --seconds 5
 
-Each scenario starts `cds-service serve` (2 workers, production mode: a trusted client whose
+Each scenario starts `cds-service serve --server S` (S = --server: proxy, granian's front before
+gunicorn sync workers, by default; or granian, granian's workers alone), 2 workers, production
+mode (a trusted client whose
 EC P-384 key only this script holds, public_base_url the loopback URL) on a free loopback port
 and drives it like two EHRs: signed patient-view calls (50 prefetch resources) one after the
 other, and for every card returned a signed feedback report 100 ms later (so that it often
@@ -13,7 +15,8 @@ Retry-After) until acknowledged or 60 s have passed. Then the server is stopped 
 read: an outcome acknowledged (200) but not in the store is LOST.
 
 Scenarios: baseline; slow-clients (200 connections sending headers or a body a byte a second;
-also against the server before issue 12, gunicorn sync workers, to show the defect); kill-9 (one
+also against the other server of `serve`, and against the server before issue 12, gunicorn
+sync workers alone, to show the defect); kill-9 (one
 worker SIGKILLed mid-traffic); full-disk (instance_dir on a 16 MB tmpfs, filled; needs root and
 mount, else skipped and said so); locked-sqlite (the replay file and the card store held by an
 exclusive lock); hung-postgresql (database_url through a relay to a throwaway PostgreSQL that
@@ -52,7 +55,7 @@ import jwt
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
-from production_server import ProductionServer, free_port
+from production_server import CpuShare, ProductionServer, free_port
 from requests_builder import hook_cases
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,7 +74,10 @@ def write_config(folder: Path, port: int, instance_dir: Path,
     jwk = {**ECAlgorithm.to_jwk(KEY.public_key(), as_dict=True), "kid": "faults-1"}
     (folder / "jwks.json").write_text(json.dumps({"keys": [jwk]}))
     lines = [f'public_base_url = "http://127.0.0.1:{port}/"',
-             f'instance_dir = "{instance_dir}"']
+             f'instance_dir = "{instance_dir}"',
+             # The drill overrides every card it gets; quieting would then (rightly) hide the
+             # same patient's next cards. Off here: every call is expected to bring its card.
+             "override_quiet_days = 0"]
     if database_url:
         lines.append(f'database_url = "{database_url}"')
     lines += ["[[clients]]", f'iss = "{ISS}"', 'jwks_file = "jwks.json"']
@@ -343,6 +349,7 @@ class Row:
     tally: Tally | None = None
     lost: int = 0
     note: str = ""
+    other_pct: float = float("nan")  # CPU other processes took during the fault window
 
 
 @dataclass
@@ -350,7 +357,7 @@ class Scenario:
     name: str
     apply: Callable[[ProductionServer, dict], None] | None = None
     remove: Callable[[ProductionServer, dict], None] | None = None
-    kind: str = "granian"
+    kind: str = "proxy"
     instance_on_tmpfs: bool = False
     postgres: bool = False
 
@@ -375,7 +382,7 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace, body: bytes, pg) 
             relay = Relay(pg.port)
             stack.callback(relay.close)
             database_url = target.replace(f":{pg.port}/", f":{relay.port}/")
-        signed = scenario.kind == "granian"
+        signed = scenario.kind in ("granian", "proxy")
         config = write_config(folder, port, instance, database_url) if signed else None
         server = stack.enter_context(ProductionServer(workers=2, port=port, kind=scenario.kind,
                                                       config=config))
@@ -385,10 +392,13 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace, body: bytes, pg) 
         ehrs.start()
         time.sleep(args.warmup)
         tally.fault_from = time.monotonic()
+        cpu = CpuShare(server)
         if scenario.apply:
             scenario.apply(server, state)
         time.sleep(args.seconds)
         tally.fault_to = time.monotonic()
+        cpu.stop()
+        row.other_pct = cpu.others_pct
         if scenario.remove:
             scenario.remove(server, state)
         time.sleep(2.0)
@@ -419,7 +429,7 @@ def report_line(config: Path) -> str:
             f"awaiting a record lost with the killed worker")
 
 
-def scenarios(body: bytes) -> list[Scenario]:
+def scenarios(body: bytes, server: str) -> list[Scenario]:
     slow: dict[str, SlowClients] = {}
 
     def start_slow(server, state):
@@ -444,17 +454,20 @@ def scenarios(body: bytes) -> list[Scenario]:
             holder.execute("ROLLBACK")
             holder.close()
 
+    other = "granian" if server == "proxy" else "proxy"
     return [
-        Scenario("baseline"),
-        Scenario("slow-clients", start_slow, stop_slow),
+        Scenario("baseline", kind=server),
+        Scenario("slow-clients", start_slow, stop_slow, kind=server),
+        Scenario(f"slow-clients, {other}", start_slow, stop_slow, kind=other),
         Scenario("slow-clients, before (gunicorn sync)", start_slow, stop_slow,
                  kind="gunicorn-sync"),
-        Scenario("kill-9", kill_worker),
+        Scenario("kill-9", kill_worker, kind=server),
         Scenario("full-disk", lambda s, st: fill(st["instance"]),
-                 lambda s, st: (st["instance"] / "filler").unlink(), instance_on_tmpfs=True),
-        Scenario("locked-sqlite", lock, unlock),
+                 lambda s, st: (st["instance"] / "filler").unlink(), kind=server,
+                 instance_on_tmpfs=True),
+        Scenario("locked-sqlite", lock, unlock, kind=server),
         Scenario("hung-postgresql", lambda s, st: st["relay"].hang(),
-                 lambda s, st: st["relay"].heal(), postgres=True),
+                 lambda s, st: st["relay"].heal(), kind=server, postgres=True),
     ]
 
 
@@ -462,12 +475,15 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
     header = (f"{'scenario':<38} {'calls':>6} {'in time':>8} {'p50 ms':>7} {'p99 ms':>7} "
               f"{'all calls':>9} {'in time':>8} "
               f"{'outcomes':>8} {'503 first':>9} {'acked':>6} {'deferred':>8} {'refused':>7} "
-              f"{'LOST':>5}")
-    print(f"\nin time = 200 with the card within {args.in_time_ms:g} ms. calls, in time, p50, "
+              f"{'LOST':>5} {'other CPU':>9}")
+    print(f"\nserver: cds-service serve --server {args.server}, 2 workers (rows naming another "
+          "server ran that one)")
+    print(f"in time = 200 with the card within {args.in_time_ms:g} ms. calls, in time, p50, "
           f"p99: the hook calls started while the fault was on ({args.seconds:g} s, after "
           f"{args.warmup:g} s of traffic); all calls: the whole run, 2 s after the fault "
           f"included. Outcomes answered 503 were re-sent until acked (up to {RETRY_FOR_S:g} "
-          "s).\n")
+          "s). other CPU: the share of the machine that processes other than the server and "
+          "this script took during the fault.\n")
     print(header)
     print("-" * len(header))
     for row in rows:
@@ -488,7 +504,7 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
               f"{q[98]:>7.1f} {len(t.calls):>9} {in_time(t.calls):>8} "
               f"{t.sent:>8} {t.answered_later:>9} {len(t.acknowledged):>6} "
               f"{len(t.deferred):>8} "
-              f"{len(t.refused):>7} {lost:>5}")
+              f"{len(t.refused):>7} {lost:>5} {row.other_pct:>8.0f}%")
         if row.note:
             print(f"{'':<40}{row.note}")
         for refusal in t.refused[:3]:
@@ -501,9 +517,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=2.0, help="traffic before the fault")
     parser.add_argument("--in-time-ms", type=float, default=500.0)
     parser.add_argument("--only", help="comma-separated scenario names (prefixes)")
+    parser.add_argument("--server", choices=("proxy", "granian"), default="proxy",
+                        help="the server of `cds-service serve` to try")
     args = parser.parse_args(argv)
     body = hook_cases([50], ("patient-view",))[0].body
-    chosen = scenarios(body)
+    chosen = scenarios(body, args.server)
     if args.only:
         wanted = [w.strip() for w in args.only.split(",")]
         chosen = [s for s in chosen if any(s.name.startswith(w) for w in wanted)]

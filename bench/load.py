@@ -3,11 +3,12 @@
     .venv/bin/python bench/load.py                 # make bench: the full comparison (~3-5 min)
     .venv/bin/python bench/load.py --soak 300      # make soak: 5 minutes at a fixed rate
 
-The comparison starts `cds-service serve` (granian) twice on a free loopback port: with 1
-worker, where wrk sends one request at a time over 1 connection (one EHR: the per-call latency),
-then with 2 workers, where wrk keeps 4 connections busy (the capacity of the 2 cores); then the
-server it replaced (gunicorn sync workers, bench/gunicorn_sync.py) with 2 workers the same way,
-and prints the two servers' throughput side by side (--no-baseline-server to skip it).
+The comparison starts `cds-service serve` (--server: serve's default unless told) twice on a
+free loopback port: with 1 worker, where wrk sends one request at a time over 1 connection (one
+EHR: the per-call latency), then with 2 workers, where wrk keeps 4 connections busy (the
+capacity of the 2 cores); then the server before issue 12 (gunicorn sync workers alone,
+bench/gunicorn_sync.py) with 2 workers the same way, and prints the two servers' throughput side
+by side (--no-baseline-server to skip it).
 Each time it measures the baseline GET /cds-services, then patient-view and order-sign with 50,
 250 and 2,000 prefetch resources (bench/requests_builder.py), and prints p50, p99 and req/s
 beside the baseline's, as ratios. Every kind of request is first sent and checked in full from
@@ -42,6 +43,9 @@ from fixed_rate import finish_loader, start_loader
 from production_server import CpuShare, ProductionServer, code_version, port_in_use
 from requests_builder import DEFAULT_SIZES, Case, baseline_case, describe, hook_cases
 from wrk_runner import WrkMissing, WrkResult, run_wrk, write_script, wrk_path, wrk_version
+
+from cds_service.cli import DEFAULT_SERVER
+from cds_service.cli import SERVERS as SERVE_SERVERS
 
 VERIFY_BEFORE = 20  # checked requests before each load run (they also warm the worker up)
 VERIFY_AFTER = 3  # and after it: the server still answers right
@@ -212,11 +216,11 @@ def run_comparison(args: argparse.Namespace) -> int:
                         f"to {args.busy_retries} times when other processes took more than "
                         f"{BUSY_PCT:g}% of the CPU")
     phases = [
-        Phase("1. Per-call latency: cds-service serve (granian), 1 worker; wrk --threads=1 "
-              "--connections=1 (one EHR, one call at a time)", 1, 1),
-        Phase(f"2. Throughput: cds-service serve (granian), 2 workers; wrk "
+        Phase(f"1. Per-call latency: cds-service serve --server {args.server}, 1 worker; wrk "
+              "--threads=1 --connections=1 (one EHR, one call at a time)", 1, 1, args.server),
+        Phase(f"2. Throughput: cds-service serve --server {args.server}, 2 workers; wrk "
               f"--threads={args.connections} --connections={args.connections}", 2,
-              args.connections),
+              args.connections, args.server),
     ]
     if args.baseline_server:
         phases.append(Phase(
@@ -256,7 +260,7 @@ processes took
         print_table(rows)
     print_targets(results[0], results[1])
     if args.baseline_server:
-        print_side_by_side(results[1], results[2])
+        print_side_by_side(args.server, results[1], results[2])
     failed = [row for rows in results for row in rows if row.errors]
     if failed:
         print("\nFAILED:", file=sys.stderr)
@@ -271,11 +275,11 @@ processes took
     return 0
 
 
-def print_side_by_side(now: list[Row], before: list[Row]) -> None:
-    print("\nThroughput side by side, same run, 2 workers (granian = cds-service serve now; "
-          "gunicorn sync = before issue 12):\n")
-    header = (f"{'request':<26} {'granian req/s':>13} {'gunicorn req/s':>14} {'ratio':>6} "
-              f"{'granian p99':>11} {'gunicorn p99':>12}")
+def print_side_by_side(server: str, now: list[Row], before: list[Row]) -> None:
+    print(f"\nThroughput side by side, same run, 2 workers ({server} = cds-service serve "
+          f"--server {server}; gunicorn = gunicorn sync alone, before issue 12):\n")
+    header = (f"{'request':<26} {server + ' req/s':>13} {'gunicorn req/s':>14} {'ratio':>6} "
+              f"{server + ' p99':>11} {'gunicorn p99':>12}")
     print(header)
     print("-" * len(header))
     for row, base in zip(now, before, strict=True):
@@ -327,12 +331,14 @@ def run_soak(args: argparse.Namespace) -> int:
     cases = [baseline_case(), *hook_cases(args.sizes)]
     mix = soak_mix(cases)
     print_header(cases, f"soak: {seconds} s at a fixed {args.rate:g} req/s (open loop, "
-                        f"bench/fixed_rate.py in its own process), 2 granian workers")
+                        f"bench/fixed_rate.py in its own process), 2 workers, --server "
+                        f"{args.server}")
     round_text = ", ".join(f"{mix.count(i)} x {case.name.removeprefix('POST ')}"
                            for i, case in enumerate(cases))
     print(f"one round of {len(mix)} requests: {round_text}")
     problems: list[str] = []
-    with ProductionServer(workers=2, port=args.port) as server, requests.Session() as session:
+    with ProductionServer(workers=2, port=args.port, kind=args.server) as server, \
+            requests.Session() as session:
         master = server.master_pid
         print(f"\n{' '.join(server.command[1:])}: ready after {server.ready_s:.1f} s")
         for case in cases:
@@ -465,6 +471,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-baseline-server", dest="baseline_server", action="store_false",
                         help="skip the throughput run of the server before issue 12 (gunicorn "
                              "sync workers)")
+    parser.add_argument("--server", choices=SERVE_SERVERS, default=DEFAULT_SERVER,
+                        help="the server of cds-service serve (default: serve's, %(default)s)")
     parser.add_argument("--port", type=int, default=None,
                         help="loopback port for the server (default: a free one)")
     args = parser.parse_args(argv)

@@ -1,8 +1,11 @@
-"""The production server under test: `cds-service serve` (granian) on loopback, or for
-side-by-side figures the server it replaced (gunicorn sync workers, bench/gunicorn_sync.py).
+"""The production server under test: `cds-service serve` on loopback, with either of its
+servers (kind "granian": granian's workers run the app; "proxy": granian's front before
+gunicorn sync workers, ops/workers.py), or for side-by-side figures the server before issue 12
+(gunicorn sync workers alone, bench/gunicorn_sync.py).
 
     with ProductionServer(workers=2) as server:   # started, and answering GET /cds-services
     with ProductionServer(workers=2, kind="gunicorn-sync") as server:
+    with ProductionServer(workers=2, kind="proxy") as server:
         server.base_url, server.master_pid, server.worker_pids(), server.rss_kb()
 
 It runs in its own session (a Ctrl-C in the terminal reaches only the benchmark, which stops the
@@ -30,7 +33,8 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 CDS_SERVICE = ROOT / ".venv" / "bin" / "cds-service"
 PYTHON = ROOT / ".venv" / "bin" / "python"
-SERVERS = ("granian", "gunicorn-sync")  # what `serve` runs now; what it ran before issue 12
+# `serve --server granian`, `serve --server proxy`; what `serve` ran before issue 12
+SERVERS = ("granian", "proxy", "gunicorn-sync")
 HOST = "127.0.0.1"
 STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
@@ -58,6 +62,14 @@ def vm_rss_kb(pid: int) -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def cmdline(pid: int) -> bytes | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as text:
+            return text.read()
+    except OSError:
+        return None
 
 
 def child_pids(parent: int) -> list[int]:
@@ -89,10 +101,13 @@ class ProductionServer:
         self.port = port or free_port()
         self.base_url = f"http://{HOST}:{self.port}"
         self.extra_env = env or {}
-        if kind == "granian":
-            # `command`: another checkout's cds-service, to measure before and after.
+        if kind in ("granian", "proxy"):
+            # `command`: another checkout's cds-service, to measure before and after (its
+            # default server: older ones have no --server).
             self.command = [str(command or CDS_SERVICE), "serve", "--host", HOST, "--port",
                             str(self.port), "--workers", str(workers)]
+            if command is None:
+                self.command += ["--server", kind]
             if config is not None:
                 self.command += ["--config", str(config)]
         elif kind == "gunicorn-sync":
@@ -185,7 +200,19 @@ class ProductionServer:
         return self.process is not None and self.process.poll() is None
 
     def worker_pids(self) -> list[int]:
-        return child_pids(self.master_pid)
+        """The processes that run the app: forked from the main process, so with its command
+        line (the proxy's front is a child too, with its own)."""
+        master = cmdline(self.master_pid)
+        return [pid for pid in child_pids(self.master_pid) if cmdline(pid) == master]
+
+    def all_pids(self) -> list[int]:
+        """The main process and all its descendants (the front and its worker included)."""
+        pids, queue = [], [self.master_pid]
+        while queue:
+            pid = queue.pop()
+            pids.append(pid)
+            queue += child_pids(pid)
+        return pids
 
     def rss_kb(self) -> dict[int, int]:
         """{pid: VmRSS KiB} of the master (first) and each live worker."""
@@ -255,7 +282,7 @@ class CpuShare:
     def __init__(self, server: ProductionServer) -> None:
         self.server = server
         self.start_workers = set(server.worker_pids())
-        self.start = self._snapshot(self.start_workers)
+        self.start = self._snapshot(set(server.all_pids()) - {server.master_pid})
 
     def _snapshot(self, workers: set[int]) -> tuple[float, float, float, float]:
         me = os.times()
@@ -268,7 +295,7 @@ class CpuShare:
 
     def stop(self) -> None:
         end_workers = set(self.server.worker_pids())
-        end = self._snapshot(end_workers)
+        end = self._snapshot(set(self.server.all_pids()) - {self.server.master_pid})
         self.restarted = len(end_workers - self.start_workers)  # at least this many
         wall, busy, server, bench = (e - s for e, s in zip(end, self.start, strict=True))
         capacity = wall * (os.cpu_count() or 1)

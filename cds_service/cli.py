@@ -13,6 +13,11 @@ import orjson
 from cds_service.errors import ServiceError
 from cds_service.ops.config import ConfigError, Settings, load_settings
 
+# `serve`'s servers (ops/server.py: granian's workers; ops/workers.py: granian's front before
+# gunicorn's sync workers) and the one it runs unless told (README, "Slow clients").
+SERVERS = ("granian", "proxy")
+DEFAULT_SERVER = "granian"
+
 
 @click.group()
 def main() -> None:
@@ -24,17 +29,26 @@ def main() -> None:
 @click.option("--port", type=int, help="Port to bind (default from config, else 8080).")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
               help="TOML configuration file. Without one: development mode on loopback.")
-@click.option("--workers", type=int, help="Gunicorn worker processes (default 2).")
+@click.option("--workers", type=int, help="Worker processes, one call at a time each "
+              "(default 2).")
+@click.option("--server", "server_kind", type=click.Choice(SERVERS),
+              default=DEFAULT_SERVER, show_default=True, envvar="CDS_SERVER",
+              help="granian: granian's workers run the app; proxy: granian reads whole "
+              "requests and hands them to gunicorn's sync workers (ops/workers.py).")
 def serve(host: str | None, port: int | None, config_path: str | None,
-          workers: int | None) -> None:
-    """Run the service: granian's Rust front end, one call at a time per worker process."""
+          workers: int | None, server_kind: str) -> None:
+    """Run the service: whole requests read with asynchronous I/O, one call at a time per
+    worker process."""
     import os
     import tempfile
 
     # Metrics of all workers are aggregated through files: set before prometheus is imported.
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="cds-metrics-"))
     from cds_service.ops.observability import json_logging
-    from cds_service.ops.server import serve as run_server
+    if server_kind == "proxy":
+        from cds_service.ops.workers import serve as run_server
+    else:
+        from cds_service.ops.server import serve as run_server
 
     try:
         settings = load_settings(config_path)

@@ -21,13 +21,15 @@ CDS_SERVICE = Path(sys.executable).parent / "cds-service"
 
 class Served:
     def __init__(self, workers: int = 2, config: Path | None = None,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, server: str | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.folder = Path(tempfile.mkdtemp(prefix="cds-served-"))
         self.log_path = self.folder / "server.log"
         command = [str(CDS_SERVICE), "serve", "--port", str(self.port),
                    "--workers", str(workers)]
+        if server is not None:  # else the default of `serve`
+            command += ["--server", server]
         if config is not None:
             command += ["--config", str(config), "--host", "127.0.0.1"]
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
@@ -53,6 +55,16 @@ class Served:
         path.mkdir(exist_ok=True)
         return path
 
+    def worker_pids(self) -> list[int]:
+        """The processes that run the app: forked from the main one, so with its command line
+        (the proxy's front is a child with its own)."""
+        master = _cmdline(self.process.pid)
+        return sorted(pid for pid in _children(self.process.pid) if _cmdline(pid) == master)
+
+    def front_pids(self) -> list[int]:
+        master = _cmdline(self.process.pid)
+        return sorted(pid for pid in _children(self.process.pid) if _cmdline(pid) != master)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -65,6 +77,37 @@ class Served:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(5)
         self._log.close()
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _children(parent: int) -> list[int]:
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text(errors="replace")
+            except OSError:
+                continue
+            if stat.rsplit(")", 1)[1].split()[1] == str(parent):
+                children.append(int(entry))
+    return children
+
+
+def socket_count(pid: int) -> int:
+    """Open sockets of a process (a sync worker serving a client holds one more)."""
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            count += os.readlink(fd).startswith("socket:")
+        except OSError:
+            continue
+    return count
 
 
 class SlowClients:

@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from cds_service.bootstrap import create_app
-from cds_service.ops import server
+from cds_service.ops import server, workers
 from cds_service.ops.config import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -456,7 +456,9 @@ def test_writable_paths_are_volumes():
 
 def test_graceful_shutdown_fits_in_the_grace_period():
     pod = deployment()["spec"]["template"]["spec"]
-    graceful = server.granian_options("0.0.0.0", 8080, 2)["workers_kill_timeout"]
+    # Either server: granian's workers alone, or the proxy's front then its workers.
+    graceful = max(server.granian_options("0.0.0.0", 8080, 2)["workers_kill_timeout"],
+                   workers.SHUTDOWN_SECONDS)
     pre_stop = container()["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
     assert pod["terminationGracePeriodSeconds"] > graceful + int(pre_stop[1])

@@ -1,5 +1,6 @@
-"""Issue 12, the server as shipped (`cds-service serve`, a real process): slow clients do not
-hold the workers, every log line is JSON, body limits hold behind the Rust front end."""
+"""Issue 12, the server as shipped (`cds-service serve`, a real process), with each of its
+servers (granian's workers; the proxy: granian's front before gunicorn's sync workers): slow
+clients do not hold the workers, every log line is JSON, body limits hold behind the front."""
 
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ import requests
 from served import Served, SlowClients
 from test_bad_input import PATIENT_VIEW, REFERENCE_SUMMARY, patient_view
 
+SERVERS = ("granian", "proxy")
 
-@pytest.fixture(scope="module")
-def server():
-    served = Served(workers=2)
+
+@pytest.fixture(scope="module", params=SERVERS)
+def server(request):
+    served = Served(workers=2, server=request.param)
+    served.kind = request.param
     yield served
     served.stop()
 
@@ -46,8 +50,9 @@ def test_a_declared_body_over_the_limit_is_refused_unread_with_json(server):
     assert "OperationOutcome" in head
 
 
-def test_a_chunked_body_over_the_limit_is_refused_with_json():
-    served = Served(workers=1)  # development defaults: 16 MiB
+@pytest.mark.parametrize("kind", SERVERS)
+def test_a_chunked_body_over_the_limit_is_refused_with_json(kind):
+    served = Served(workers=1, server=kind)  # development defaults: 16 MiB
     try:
         def chunks():
             piece = b" " * (1024 * 1024)
@@ -77,6 +82,8 @@ def test_every_log_line_is_json_the_servers_too(server):
                   headers={"Content-Type": "application/json"})
     lines = [line for line in server.log().splitlines() if line.strip()]
     assert any('"_granian' in line for line in lines)  # the server's own lines are there
+    if server.kind == "proxy":
+        assert any('"gunicorn.error"' in line for line in lines)
     for line in lines:
         record = json.loads(line)  # raises on a plain-text line
         assert {"time", "level", "name", "message"} <= set(record)
