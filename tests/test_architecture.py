@@ -27,7 +27,8 @@ ALLOWED = {
 }
 # Third-party packages the pure core must never need.
 NOT_IN_THE_CORE = {"flask", "werkzeug", "flask_cors", "sqlalchemy", "alembic", "psycopg",
-                   "requests", "urllib3", "granian", "prometheus_client", "jwt", "matplotlib"}
+                   "requests", "urllib3", "granian", "gunicorn", "h11", "prometheus_client", "jwt",
+                   "matplotlib"}
 CORE = ("knowledge", "clinical")
 
 
