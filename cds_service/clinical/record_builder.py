@@ -46,6 +46,12 @@ _ABATEMENTS = ("abatementDateTime", "abatementAge", "abatementPeriod", "abatemen
                "abatementString")
 
 
+# The resource types the builder reads (Medication only through the orders naming it):
+# population screening reads these files of an export and no others.
+RESOURCE_TYPES = ("Patient", "Condition", "Procedure", "Encounter", "Observation",
+                  "MedicationRequest", "MedicationStatement", "MedicationAdministration")
+
+
 def _status_code(concept: Any) -> str | None:
     found = codings(concept)
     return found[0][1] if found else None
@@ -72,6 +78,7 @@ class RecordBuilder:
             "MedicationStatement": self._medication_statement,
             "MedicationAdministration": self._medication_administration,
         }
+        assert set(self._handlers) == set(RESOURCE_TYPES)
         # concept id -> (when, raw resource, identifying code key or None for text)
         self._events: dict[str, list[tuple[datetime | None, dict, tuple[str, str] | None]]] = {}
         self._lab_candidates: dict[str, list[tuple[datetime | None, dict]]] = {}
