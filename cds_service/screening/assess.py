@@ -97,7 +97,8 @@ def evidence_of(ev: Evidence, knowledge: Knowledge) -> dict:
                 "source": m.kind, "status": m.status, "date": _day(m.date)}
     if ev.lab is not None:
         lab = ev.lab
-        return {"kind": "lab", "lab": lab.lab, "value": lab.reported_value,
+        return {"kind": "lab", "lab": lab.lab, "label": knowledge.labs[lab.lab].label,
+                "value": lab.reported_value,
                 "unit": lab.reported_unit, "canonical_value": _number(lab.value),
                 "canonical_unit": knowledge.labs[lab.lab].canonical_unit,
                 "date": _day(lab.effective), "threshold": _number(ev.threshold),
@@ -116,7 +117,7 @@ def evidence_text(ev: dict) -> str:
         return f"{ev['drug']} ({ev['source']} {ev['status']}{date})"
     if ev["kind"] == "lab":
         sign = {"above": ">", "below": "<"}.get(ev["comparison"], ">=")
-        return (f"{ev['lab']} {ev['value']} {ev['unit']} on {ev['date']} "
+        return (f"{ev['label']} {ev['value']} {ev['unit']} on {ev['date']} "
                 f"({sign} {ev['threshold']:g} {ev['canonical_unit']})")
     if ev["kind"] == "condition":
         return f"{ev['name']}{', ' + ev['date'] if ev['date'] else ''}"
