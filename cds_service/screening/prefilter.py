@@ -234,6 +234,14 @@ def _patient_lines(block: bytes, candidates: frozenset[str]) -> dict[str, list[b
     return kept
 
 
+def _parses(line: bytes) -> bool:
+    try:
+        orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
 def _subjects(lines: list[bytes], block: bytes) -> list[bytes | None]:
     """Each line's patient id (None: none). Compact lines with one subject each, the usual Bulk
     shape, are read by one pass over the block; anything else line by line."""
@@ -256,9 +264,12 @@ def select_lines(block: bytes, resource_type: str, candidates: frozenset[str],
         return list(kept.items()), Counts(shipped_lines=len(kept))
     lines = [line for line in block.split(b"\n") if line.strip()]
     counts = Counts(lines=len(lines), entered_in_error=block.count(_ENTERED_IN_ERROR))
-    # Not shaped as one JSON object: unreadable, whoever it belongs to. (A line cut inside a
-    # nested object may keep that shape; it is found when parsed, if its patient is screened.)
-    shaped = [line[:1] == b"{" and line.rstrip()[-1:] == b"}" for line in lines]
+    # A line not shaped as one JSON object (a line cut short always has more "{" than "}") is
+    # parsed to be sure; only a brace inside a string makes a sound line look suspicious.
+    shaped = [line[:1] == b"{" and line.rstrip()[-1:] == b"}"
+              and line.count(b"{") == line.count(b"}") for line in lines]
+    for index in [i for i, ok in enumerate(shaped) if not ok]:
+        shaped[index] = _parses(lines[index])
     counts.unreadable = shaped.count(False)
     subjects = _subjects(lines, block)
     ids = [s.decode("utf-8", "replace") if s is not None else None for s in subjects]
