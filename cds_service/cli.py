@@ -260,7 +260,8 @@ def screen(export: str, as_of_text: str | None, out_path: str, fmt: str,
         _factor, criterion = knowledge.criterion_for("pth")
         write_report(result, html_path, labels, criterion.uln_multiple or 9.0)
     click.echo(result.summary())
-    click.echo(f"worklist: {out_path}" + (f"; report: {html_path}" if html_path else ""))
+    click.echo(f"engine: {result.scheduler}; worklist: {out_path}"
+               + (f"; report: {html_path}" if html_path else ""))
 
 
 if __name__ == "__main__":

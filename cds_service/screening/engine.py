@@ -162,7 +162,10 @@ def _compute(client, progress: bool, *collections):
 
 def _share(client, value):
     """A value every task of the next pass reads: sent to each worker once."""
-    return client.scatter(value, broadcast=True, hash=False) if client is not None else value
+    if client is None:
+        return value
+    # In a list: scatter sends each element of a collection on its own.
+    return client.scatter([value], broadcast=True, hash=False)[0]
 
 
 def screen(export: str | os.PathLike, as_of: datetime, *, scheduler: str | None = None,
