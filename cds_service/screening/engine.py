@@ -194,8 +194,11 @@ def screen(export: str | os.PathLike, as_of: datetime, *, scheduler: str | None 
         medication_index = {k: v for part in meds for k, v in part.items()}
         phases["find"] = time.perf_counter() - started
 
+        # As bytes: blocks compare ids without decoding a line.
         shared_candidates, shared_known, shared_meds = (
-            _share(client, candidates), _share(client, known), _share(client, medication_index))
+            _share(client, frozenset(p.encode() for p in candidates)),
+            _share(client, frozenset(p.encode() for p in known)),
+            _share(client, medication_index))
         selected = [dask.delayed(_select_task, nout=2)(
             b, f.resource_type, shared_candidates, shared_known, knowledge_dir, cards_dir)
             for f, b in of_type(*(t for t in RESOURCE_TYPES if t != "Patient"), "Patient")]

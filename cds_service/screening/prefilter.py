@@ -17,6 +17,7 @@ methods), and only lines that may matter are parsed:
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from dataclasses import dataclass, field, fields
 
 import orjson
@@ -40,6 +41,7 @@ _VALUES = tuple(re.compile(rb'"' + key + rb'"\s*:\s*"((?:[^"\\\n]|\\.)*)"')
 _SUBJECT_FAST = re.compile(rb'"subject":\{"reference":"Patient/([^"/\n]+)"')
 _SUBJECT_IN_LINE = re.compile(
     rb'"(?:subject|patient)"\s*:\s*\{[^{}\n]*?"reference"\s*:\s*"(?:[^"\n]*/)?Patient/([^"/\n]+)"')
+_NEWLINE = re.compile(rb"\n")
 _ID = re.compile(rb'"id"\s*:\s*"([^"\\\n]+)"')
 _ENTERED_IN_ERROR = b'"entered-in-error"'
 
@@ -154,25 +156,30 @@ def scope_candidates(block: bytes, tokens: ScopeTokens) -> set[str]:
     The block's distinct coded values and texts are tested (a few hundred, however long the
     block); each line holding a value that passed is parsed and matched exactly, unless its
     patient is already a candidate (a dialysis patient has hundreds of sessions)."""
+    needles = [re.compile(rb'"' + key + rb'"\s*:\s*"' + re.escape(raw) + rb'"')
+               for key, pattern in zip((b"code", b"text", b"display"), _VALUES, strict=True)
+               for raw in set(pattern.findall(block)) if tokens.may_name(key, raw)]
+    if not needles:
+        return set()
+    starts = [0, *(m.end() for m in _NEWLINE.finditer(block))]
+    hit_lines = set()
+    for needle in needles:
+        hit_lines.update(bisect_right(starts, m.start()) - 1 for m in needle.finditer(block))
     found: set[str] = set()
-    for key, pattern in zip((b"code", b"text", b"display"), _VALUES, strict=True):
-        for raw in set(pattern.findall(block)):
-            if not tokens.may_name(key, raw):
-                continue
-            needle = re.compile(rb'"' + key + rb'"\s*:\s*"' + re.escape(raw) + rb'"')
-            for match in needle.finditer(block):
-                line = _line_at(block, match.start())
-                subject = _SUBJECT_IN_LINE.search(line)
-                if subject is not None and subject.group(1).decode("utf-8", "replace") in found:
-                    continue
-                try:
-                    resource = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    continue  # counted where every line is counted (select_lines)
-                if isinstance(resource, dict) and tokens.names_scope_concept(resource):
-                    patient = subject_of(resource)
-                    if patient:
-                        found.add(patient)
+    for index in sorted(hit_lines):
+        end = starts[index + 1] - 1 if index + 1 < len(starts) else len(block)
+        line = block[starts[index]:end]
+        subject = _SUBJECT_FAST.search(line) or _SUBJECT_IN_LINE.search(line)
+        if subject is not None and subject.group(1).decode("utf-8", "replace") in found:
+            continue
+        try:
+            resource = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue  # counted where every line is counted (select_lines)
+        if isinstance(resource, dict) and tokens.names_scope_concept(resource):
+            patient = subject_of(resource)
+            if patient:
+                found.add(patient)
     return found
 
 
@@ -218,12 +225,13 @@ def _line_at(block: bytes, position: int) -> bytes:
     return block[start:end if end >= 0 else len(block)]
 
 
-def _patient_lines(block: bytes, candidates: frozenset[str]) -> dict[str, list[bytes]]:
+def _patient_lines(block: bytes, candidates: frozenset[bytes]) -> dict[str, list[bytes]]:
     """The Patient lines of candidates (a Patient names itself by `id`)."""
     kept: dict[str, list[bytes]] = {}
     for match in _ID.finditer(block):
-        patient = match.group(1).decode("utf-8", "replace")
-        if patient in candidates and patient not in kept:
+        raw = match.group(1)
+        patient = raw.decode("utf-8", "replace")
+        if raw in candidates and patient not in kept:
             line = _line_at(block, match.start())
             try:
                 resource = orjson.loads(line)
@@ -255,37 +263,60 @@ def _subjects(lines: list[bytes], block: bytes) -> list[bytes | None]:
     return found
 
 
-def select_lines(block: bytes, resource_type: str, candidates: frozenset[str],
-                 known: frozenset[str], lab_codes: re.Pattern[bytes] | None
-                 ) -> tuple[list[tuple[str, list[bytes]]], Counts]:
-    """(patient, its lines in this block) for candidate patients; everything else counted."""
-    if resource_type == "Patient":
-        kept = _patient_lines(block, candidates)
-        return list(kept.items()), Counts(shipped_lines=len(kept))
-    lines = [line for line in block.split(b"\n") if line.strip()]
-    counts = Counts(lines=len(lines), entered_in_error=block.count(_ENTERED_IN_ERROR))
-    # A line not shaped as one JSON object (a line cut short always has more "{" than "}") is
-    # parsed to be sure; only a brace inside a string makes a sound line look suspicious.
+def _all_shaped(block: bytes) -> bool:
+    """Whether every line of the block is one JSON object's shape, told by counting bytes in C:
+    each line starts with "{" and ends with "}", none is blank, and the braces balance (a line
+    cut short leaves more "{" than "}")."""
+    breaks = block.count(b"\n")
+    trailing = block.endswith(b"\n")
+    return (block[:1] == b"{" and block.rstrip()[-1:] == b"}"
+            and block.count(b"}\n") + block.count(b"}\r\n") == breaks
+            and block.count(b"\n{") == breaks - trailing
+            and block.count(b"{") == block.count(b"}"))
+
+
+def _shapes(lines: list[bytes]) -> list[bool]:
+    """Per line: readable? Only a line not shaped as one JSON object is parsed to be sure (a
+    brace inside a string can make a sound line look unbalanced)."""
     shaped = [line[:1] == b"{" and line.rstrip()[-1:] == b"}"
               and line.count(b"{") == line.count(b"}") for line in lines]
     for index in [i for i, ok in enumerate(shaped) if not ok]:
         shaped[index] = _parses(lines[index])
-    counts.unreadable = shaped.count(False)
+    return shaped
+
+
+def select_lines(block: bytes, resource_type: str, candidates: frozenset[bytes],
+                 known: frozenset[bytes], lab_codes: re.Pattern[bytes] | None
+                 ) -> tuple[list[tuple[str, list[bytes]]], Counts]:
+    """(patient, its lines in this block) for candidate patients; everything else counted.
+    Patient ids are compared as bytes: nothing is decoded but the candidates' ids."""
+    if resource_type == "Patient":
+        kept = _patient_lines(block, candidates)
+        return list(kept.items()), Counts(shipped_lines=len(kept))
+    lines = block.split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    if _all_shaped(block):
+        shaped = None
+    else:
+        lines = [line for line in lines if line.strip()]
+        shaped = _shapes(lines)
+    counts = Counts(lines=len(lines), entered_in_error=block.count(_ENTERED_IN_ERROR))
+    counts.unreadable = shaped.count(False) if shaped is not None else 0
     subjects = _subjects(lines, block)
-    ids = [s.decode("utf-8", "replace") if s is not None else None for s in subjects]
-    counts.no_patient_reference = ids.count(None)
-    counts.unknown_patient = len(ids) - counts.no_patient_reference - sum(
-        map(known.__contains__, ids))
+    counts.no_patient_reference = subjects.count(None)
+    counts.unknown_patient = len(subjects) - counts.no_patient_reference - sum(
+        map(known.__contains__, subjects))
     kept: dict[str, list[bytes]] = {}
-    for index in [i for i, patient in enumerate(ids) if patient in candidates]:
+    for index in [i for i, patient in enumerate(subjects) if patient in candidates]:
         line, subject = lines[index], subjects[index]
-        if not shaped[index]:
+        if shaped is not None and not shaped[index]:
             continue
         if b"Patient/" + subject + b'"' not in line:
             return _select_slowly(lines, shaped, counts, candidates, lab_codes)
         if lab_codes is not None and not lab_codes.search(line):
             continue  # an Observation of no lab the rules read: the record builder skips it
-        kept.setdefault(ids[index], []).append(line)
+        kept.setdefault(subject.decode("utf-8", "replace"), []).append(line)
     counts.shipped_lines = sum(len(v) for v in kept.values())
     return list(kept.items()), counts
 
@@ -293,11 +324,12 @@ def select_lines(block: bytes, resource_type: str, candidates: frozenset[str],
 def _select_slowly(lines, shaped, counts, candidates, lab_codes):
     """The same selection, each line searched on its own (the block was not aligned)."""
     kept: dict[str, list[bytes]] = {}
-    for line, ok in zip(lines, shaped, strict=True):
+    for index, line in enumerate(lines):
         match = _SUBJECT_IN_LINE.search(line)
-        patient = match.group(1).decode("utf-8", "replace") if match else None
-        if ok and patient in candidates and (lab_codes is None or lab_codes.search(line)):
-            kept.setdefault(patient, []).append(line)
+        patient = match.group(1) if match else None
+        if (shaped is None or shaped[index]) and patient in candidates and (
+                lab_codes is None or lab_codes.search(line)):
+            kept.setdefault(patient.decode("utf-8", "replace"), []).append(line)
     counts.shipped_lines = sum(len(v) for v in kept.values())
     return list(kept.items()), counts
 
