@@ -35,8 +35,8 @@ SCOPE_TYPES = ("Condition", "Procedure", "Encounter")
 
 # Coded values and texts, each pattern with a literal prefix (the regex engine then skips ahead
 # with a fast substring search instead of trying every byte).
-_VALUES = tuple(re.compile(rb'"' + key + rb'"\s*:\s*"((?:[^"\\\n]|\\.)*)"')
-                for key in (b"code", b"text", b"display"))
+_KEYS = (b"code", b"text", b"display")
+_VALUES = tuple(re.compile(rb'"' + key + rb'"\s*:\s*"((?:[^"\\\n]|\\.)*)"') for key in _KEYS)
 # A line's patient: compact JSON, as Bulk exports write it (the fast path), and any spacing.
 _SUBJECT_FAST = re.compile(rb'"subject":\{"reference":"Patient/([^"/\n]+)"')
 _SUBJECT_IN_LINE = re.compile(
@@ -156,11 +156,17 @@ def scope_candidates(block: bytes, tokens: ScopeTokens) -> set[str]:
     The block's distinct coded values and texts are tested (a few hundred, however long the
     block); each line holding a value that passed is parsed and matched exactly, unless its
     patient is already a candidate (a dialysis patient has hundreds of sessions)."""
-    needles = [re.compile(rb'"' + key + rb'"\s*:\s*"' + re.escape(raw) + rb'"')
-               for key, pattern in zip((b"code", b"text", b"display"), _VALUES, strict=True)
-               for raw in set(pattern.findall(block)) if tokens.may_name(key, raw)]
-    if not needles:
+    hits: dict[bytes, list[bytes]] = {}
+    for key, pattern in zip(_KEYS, _VALUES, strict=True):
+        hits[key] = [raw for raw in set(pattern.findall(block)) if tokens.may_name(key, raw)]
+    if not any(hits.values()):
         return set()
+    # Compact JSON (as Bulk exports write it): one scan per key, its literal prefix found fast.
+    compact = b'" :' not in block and b'": ' not in block
+    needles = ([re.compile(rb'"' + key + rb'":"(?:' + b"|".join(map(re.escape, raws)) + rb')"')
+                for key, raws in hits.items() if raws] if compact else
+               [re.compile(rb'"' + key + rb'"\s*:\s*"' + re.escape(raw) + rb'"')
+                for key, raws in hits.items() for raw in raws])
     starts = [0, *(m.end() for m in _NEWLINE.finditer(block))]
     hit_lines = set()
     for needle in needles:
@@ -263,15 +269,12 @@ def _subjects(lines: list[bytes], block: bytes) -> list[bytes | None]:
     return found
 
 
-def _all_shaped(block: bytes) -> bool:
-    """Whether every line of the block is one JSON object's shape, told by counting bytes in C:
-    each line starts with "{" and ends with "}", none is blank, and the braces balance (a line
-    cut short leaves more "{" than "}")."""
-    breaks = block.count(b"\n")
-    trailing = block.endswith(b"\n")
+def _all_shaped(block: bytes, lines: int) -> bool:
+    """Whether every one of the block's `lines` is one JSON object's shape, told by counting
+    bytes in C: each starts with "{" and ends with "}", none is blank, and the braces balance (a
+    line cut short leaves more "{" than "}")."""
     return (block[:1] == b"{" and block.rstrip()[-1:] == b"}"
-            and block.count(b"}\n") + block.count(b"}\r\n") == breaks
-            and block.count(b"\n{") == breaks - trailing
+            and block.count(b"}\n{") == lines - 1
             and block.count(b"{") == block.count(b"}"))
 
 
@@ -296,7 +299,7 @@ def select_lines(block: bytes, resource_type: str, candidates: frozenset[bytes],
     lines = block.split(b"\n")
     if lines and not lines[-1]:
         lines.pop()
-    if _all_shaped(block):
+    if _all_shaped(block, len(lines)):
         shaped = None
     else:
         lines = [line for line in lines if line.strip()]
