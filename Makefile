@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint fixtures bench bench-floor bench-fhir alert-burden soak faults clean
+.PHONY: serve test lint fixtures bench bench-floor bench-fhir bench-screen alert-burden soak faults clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ bench-floor: $(STAMP)
 
 bench-fhir: $(STAMP)
 	$(BIN)/python bench/fhir_fallback.py
+
+# Population screening at 1,000, 10,000 and 100,000 generated patients beside the parse and
+# DuckDB floors (exports cached in bench/.cache/; SIZES=1000,10000 for a quicker run).
+bench-screen: $(STAMP)
+	$(BIN)/python bench/screen.py $(if $(SIZES),--sizes $(SIZES))
 
 soak: $(STAMP)
 	$(BIN)/python bench/load.py --soak 300

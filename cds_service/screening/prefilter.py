@@ -57,6 +57,7 @@ class Counts:
     no_patient_reference: int = 0  # a patient-compartment resource with no Patient subject
     entered_in_error: int = 0
     shipped_lines: int = 0  # lines of candidate patients sent to the shuffle
+    shipped_bytes: int = 0
 
     def __add__(self, other: Counts) -> Counts:
         return Counts(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
@@ -295,7 +296,8 @@ def select_lines(block: bytes, resource_type: str, candidates: frozenset[bytes],
     Patient ids are compared as bytes: nothing is decoded but the candidates' ids."""
     if resource_type == "Patient":
         kept = _patient_lines(block, candidates)
-        return list(kept.items()), Counts(shipped_lines=len(kept))
+        return list(kept.items()), Counts(shipped_lines=len(kept), shipped_bytes=sum(
+            len(lines[0]) for lines in kept.values()))
     lines = block.split(b"\n")
     if lines and not lines[-1]:
         lines.pop()
@@ -321,6 +323,7 @@ def select_lines(block: bytes, resource_type: str, candidates: frozenset[bytes],
             continue  # an Observation of no lab the rules read: the record builder skips it
         kept.setdefault(subject.decode("utf-8", "replace"), []).append(line)
     counts.shipped_lines = sum(len(v) for v in kept.values())
+    counts.shipped_bytes = sum(len(line) for v in kept.values() for line in v)
     return list(kept.items()), counts
 
 
@@ -334,6 +337,7 @@ def _select_slowly(lines, shaped, counts, candidates, lab_codes):
                 lab_codes is None or lab_codes.search(line)):
             kept.setdefault(patient.decode("utf-8", "replace"), []).append(line)
     counts.shipped_lines = sum(len(v) for v in kept.values())
+    counts.shipped_bytes = sum(len(line) for v in kept.values() for line in v)
     return list(kept.items()), counts
 
 
