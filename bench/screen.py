@@ -54,6 +54,11 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _cpu(who=resource.RUSAGE_SELF) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _ranges(folder: Path) -> list[tuple[str, int, int]]:
     found = []
     for path in sorted(folder.glob("*.ndjson")):
@@ -95,7 +100,8 @@ def floor_parse(folder: Path, processes: int) -> dict:
             workers = []
     seconds = time.perf_counter() - started
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return {"seconds": seconds, "lines": lines, "rss_mb": _peak_mb(),
+    return {"seconds": seconds, "cpu": _cpu() + _cpu(resource.RUSAGE_CHILDREN), "lines": lines,
+            "rss_mb": _peak_mb(),
             "worker_rss_mb": [children] * (processes if processes > 1 else 0) or workers}
 
 
@@ -140,8 +146,10 @@ def floor_duckdb(folder: Path) -> dict:
     connection = duckdb.connect()
     connection.execute("SET threads TO 2")
     started = time.perf_counter()
+    cpu = _cpu()
     flagged = connection.execute(sql).fetchone()[0]
-    return {"seconds": time.perf_counter() - started, "flagged": flagged, "rss_mb": _peak_mb()}
+    return {"seconds": time.perf_counter() - started, "cpu": _cpu() - cpu, "flagged": flagged,
+            "rss_mb": _peak_mb()}
 
 
 def measure_screen(folder: Path, workers: int) -> dict:
@@ -157,10 +165,12 @@ def measure_screen(folder: Path, workers: int) -> dict:
         client.wait_for_workers(workers)
         start_seconds = time.perf_counter() - started
         as_of = datetime.fromisoformat(AS_OF.replace("Z", "+00:00"))
+        before = sum(client.run(_cpu).values()) + _cpu()
         result = screen(folder, as_of, scheduler=cluster.scheduler_address)
+        cpu = sum(client.run(_cpu).values()) + _cpu() - before
         peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     c = result.counts
-    return {"seconds": result.seconds, "cluster_start_seconds": start_seconds,
+    return {"seconds": result.seconds, "cpu": cpu, "cluster_start_seconds": start_seconds,
             "phases": result.phases, "lines": c.lines, "patients": c.patients,
             "in_scope": result.in_scope, "flagged": len(result.rows),
             "candidates": result.candidates, "partitions": result.partitions,
@@ -231,6 +241,9 @@ def report(results: list[dict]) -> None:
               f"{(s['seconds'] / ddb) if ddb else float('nan'):6.2f} | "
               f"{s['rss_mb']:6.0f}MB {'/'.join(f'{w:.0f}' for w in s['worker_rss_mb']):>11}MB"
               f" | {loads}")
+        kinds = ("parse-1", "parse-2", "duckdb", "screen")
+        cpus = ", ".join(f"{k} {row[k]['cpu']:.1f}" for k in kinds if "cpu" in row.get(k, {}))
+        print(f"{'':>9} CPU seconds (all processes of each): {cpus}")
         print(f"{'':>9} screen: {s['candidates']:,} candidates, {s['in_scope']:,} in scope, "
               f"{s['flagged']:,} flagged; {s['partitions']} partitions; shuffled "
               f"{s['shipped_lines']:,} lines ({s['shipped_mb']:.1f} MB); phases "

@@ -31,6 +31,7 @@ import dask.bag as db
 from dask.bytes import read_bytes
 
 from cds_service.clinical.record_builder import RESOURCE_TYPES
+from cds_service.fhir.warmup import warm_up
 from cds_service.screening.assess import Outcome, assess_patient, clinical
 from cds_service.screening.export import ExportFile, export_files
 from cds_service.screening.prefilter import (
@@ -146,6 +147,14 @@ def _cluster(address: str | None, workers: int | None, total: int) -> Iterator:
         yield client, f"local cluster, {n} worker processes"
 
 
+def _prepare(knowledge_dir: str | None, cards_dir: str | None) -> None:
+    """On each worker, before its first block: the knowledge loaded, fhir.resources warmed (the
+    first validation of a type builds its model)."""
+    clinical(knowledge_dir, cards_dir)
+    _tokens(knowledge_dir, cards_dir)
+    warm_up()
+
+
 def _compute(client, progress: bool, *collections):
     if client is None:
         from dask.diagnostics import ProgressBar
@@ -180,6 +189,8 @@ def screen(export: str | os.PathLike, as_of: datetime, *, scheduler: str | None 
     total = sum(f.size for f in files)
     phases = {}
     with _cluster(scheduler, workers, total) as (client, label):
+        if client is not None:
+            client.run(_prepare, knowledge_dir, cards_dir)  # every worker at once
         blocks = {f: _blocks(f, block_size) for f in files}
         of_type = lambda *types: [(f, b) for f in files if f.resource_type in types  # noqa: E731
                                   for b in blocks[f]]
