@@ -221,6 +221,7 @@ def test_the_command_writes_csv_jsonl_and_an_html_report(export, screened, tmp_p
     assert done.exit_code == 0, done.output
     assert f"{len(screened.rows)} flagged" in done.output
     assert "unreadable" in done.output and "s\n" in done.output
+    assert "% Completed" not in done.output  # no progress bar when not a terminal
     with out.open() as handle:
         rows = list(csv.DictReader(handle))
     assert [r["patient_id"] for r in rows] == [r["patient_id"] for r in screened.rows]
