@@ -175,6 +175,7 @@ def measure_screen(folder: Path, workers: int) -> dict:
             "in_scope": result.in_scope, "flagged": len(result.rows),
             "candidates": result.candidates, "partitions": result.partitions,
             "shipped_lines": c.shipped_lines, "shipped_mb": c.shipped_bytes / 2**20,
+            "shuffled_mb": c.shuffled_bytes / 2**20,
             "rss_mb": _peak_mb(), "worker_rss_mb": sorted(peaks.values())}
 
 
@@ -246,7 +247,8 @@ def report(results: list[dict]) -> None:
         print(f"{'':>9} CPU seconds (all processes of each): {cpus}")
         print(f"{'':>9} screen: {s['candidates']:,} candidates, {s['in_scope']:,} in scope, "
               f"{s['flagged']:,} flagged; {s['partitions']} partitions; shuffled "
-              f"{s['shipped_lines']:,} lines ({s['shipped_mb']:.1f} MB); phases "
+              f"{s['shipped_lines']:,} lines ({s['shipped_mb']:.1f} MB, "
+              f"{s.get('shuffled_mb', s['shipped_mb']):.1f} MB compressed); phases "
               f"{', '.join(f'{k} {v:.1f} s' for k, v in s['phases'].items())}; cluster start "
               f"{s['cluster_start_seconds']:.1f} s (not counted)")
 

@@ -28,6 +28,8 @@ from cds_service.screening import ExportError, screen
 from cds_service.screening.worklist import write_worklist
 
 NOW = datetime.fromisoformat(AS_OF.replace("Z", "+00:00"))
+# The compressed size of the shuffled lines depends on how files are split: not compared.
+COMPRESSED = {"shuffled_bytes": None}
 BULK_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "bulk-sample"
 if not BULK_SAMPLE.is_dir():  # a work tree beside main, or CI's clone beside shared/
     BULK_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bulk-sample"
@@ -144,7 +146,7 @@ def test_gzip_split_files_and_a_manifest_give_the_same_worklist(screened, tmp_pa
         assert json.loads(handle.readline())["resourceType"] == "Patient"
     from_manifest = screen(tmp_path / "manifest.json", NOW, scheduler="synchronous")
     assert from_manifest.rows == screened.rows
-    assert from_manifest.counts.as_dict() == screened.counts.as_dict()
+    assert from_manifest.counts.as_dict() | COMPRESSED == screened.counts.as_dict() | COMPRESSED
     from_folder = screen(tmp_path, NOW, scheduler="synchronous", block_size=4096)
     assert from_folder.rows == screened.rows
 
@@ -154,7 +156,7 @@ def test_small_blocks_split_files_at_line_ends(export, screened):
     small = screen(export[0], NOW, scheduler="synchronous", block_size=8192)
     assert small.partitions > 50
     assert small.rows == screened.rows
-    assert small.counts.as_dict() == screened.counts.as_dict()
+    assert small.counts.as_dict() | COMPRESSED == screened.counts.as_dict() | COMPRESSED
 
 
 def test_a_missing_export_or_a_bad_manifest_is_a_clear_error(tmp_path):

@@ -15,6 +15,8 @@ from cds_service.screening import screen
 
 distributed = pytest.importorskip("distributed")
 NOW = datetime.fromisoformat(AS_OF.replace("Z", "+00:00"))
+# The compressed size of the shuffled lines depends on how files are split: not compared.
+COMPRESSED = {"shuffled_bytes": None}
 
 
 def _knowledge_loaded() -> int:
@@ -41,7 +43,7 @@ def test_a_local_cluster_of_two_worker_processes_gives_the_same_worklist(export,
     assert result.scheduler == "local cluster, 2 worker processes"
     assert result.partitions > 10
     assert result.rows == in_process.rows
-    assert result.counts.as_dict() == in_process.counts.as_dict()
+    assert result.counts.as_dict() | COMPRESSED == in_process.counts.as_dict() | COMPRESSED
 
 
 def test_the_scheduler_option_runs_the_same_job_on_an_existing_cluster(export, in_process,

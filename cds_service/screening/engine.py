@@ -43,6 +43,7 @@ from cds_service.screening.prefilter import (
     read_patients,
     scope_candidates,
     select_lines,
+    unpacked,
 )
 
 BLOCK_SIZE = 32 * 2**20  # bytes per partition: bounds a worker's memory, keeps tasks ~1 s
@@ -112,7 +113,7 @@ def _assess_partition(groups, medications, as_of, knowledge_dir, cards_dir) -> l
     clinical_ = clinical(knowledge_dir, cards_dir)
     outcomes = []
     for patient, parts in groups:
-        lines = [line for _patient, block_lines in parts for line in block_lines]
+        lines = [line for _patient, chunk in parts for line in unpacked(chunk)]
         outcomes.append(assess_patient(patient, lines, medications, as_of, clinical_))
     return outcomes
 
