@@ -151,6 +151,17 @@ def test_gzip_split_files_and_a_manifest_give_the_same_worklist(screened, tmp_pa
     assert from_folder.rows == screened.rows
 
 
+def test_an_export_without_patient_files_still_screens_everyone(export, screened, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(export[0], copy)
+    (copy / "Patient.000.ndjson").unlink()
+    without = screen(copy, NOW, scheduler="synchronous")
+    assert without.counts.patients == 0 and without.counts.unknown_patient == 0
+    # Without Patient resources, sex and death are unknown; nobody flagged is lost.
+    assert {r["patient_id"] for r in without.rows} >= {r["patient_id"] for r in screened.rows}
+    assert without.candidates >= screened.candidates
+
+
 def test_small_blocks_split_files_at_line_ends(export, screened):
     """Byte-range partitions of a few KB: every line still read once, whole."""
     small = screen(export[0], NOW, scheduler="synchronous", block_size=8192)

@@ -202,14 +202,16 @@ def screen(export: str | os.PathLike, as_of: datetime, *, scheduler: str | None 
         read, meds, hits = _compute(client, progress, patients, medications, found)
         known = frozenset().union(*(ids for ids, _c in read))
         counts = sum((c for _ids, c in read), Counts())
-        candidates = frozenset().union(*hits) & known
+        # An export without Patient files (a `_type` filter) still screens everyone found;
+        # resources of unknown patients can then not be told apart.
+        candidates = frozenset().union(*hits) & known if known else frozenset().union(*hits)
         medication_index = {k: v for part in meds for k, v in part.items()}
         phases["find"] = time.perf_counter() - started
 
         # As bytes: blocks compare ids without decoding a line.
         shared_candidates, shared_known, shared_meds = (
             _share(client, frozenset(p.encode() for p in candidates)),
-            _share(client, frozenset(p.encode() for p in known)),
+            _share(client, frozenset(p.encode() for p in known) if known else None),
             _share(client, medication_index))
         selected = [dask.delayed(_select_task, nout=2)(
             b, f.resource_type, shared_candidates, shared_known, knowledge_dir, cards_dir)

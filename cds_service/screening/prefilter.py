@@ -292,7 +292,7 @@ def _shapes(lines: list[bytes]) -> list[bool]:
 
 
 def select_lines(block: bytes, resource_type: str, candidates: frozenset[bytes],
-                 known: frozenset[bytes], lab_codes: re.Pattern[bytes] | None
+                 known: frozenset[bytes] | None, lab_codes: re.Pattern[bytes] | None
                  ) -> tuple[list[tuple[str, bytes]], Counts]:
     """(patient, its lines in this block, packed) for candidate patients; the rest counted.
     Patient ids are compared as bytes: nothing is decoded but the candidates' ids."""
@@ -312,8 +312,9 @@ def select_lines(block: bytes, resource_type: str, candidates: frozenset[bytes],
     counts.unreadable = shaped.count(False) if shaped is not None else 0
     subjects = _subjects(lines, block)
     counts.no_patient_reference = subjects.count(None)
-    counts.unknown_patient = len(subjects) - counts.no_patient_reference - sum(
-        map(known.__contains__, subjects))
+    if known is not None:
+        counts.unknown_patient = len(subjects) - counts.no_patient_reference - sum(
+            map(known.__contains__, subjects))
     kept: dict[str, list[bytes]] = {}
     for index in [i for i, patient in enumerate(subjects) if patient in candidates]:
         line, subject = lines[index], subjects[index]
