@@ -15,7 +15,7 @@ UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --quiet --universal --python-v
 	--generate-hashes --custom-compile-command "make lock"
 
 .PHONY: serve test test-py313 lint lock fixtures bench bench-floor bench-fhir alert-burden soak \
-	faults bench-servers clean
+	faults bench-servers bench-screen clean
 
 # pip, not uv, installs: a fresh machine has only Python. The lock pins every package (hashes
 # checked); the project itself goes in editable, with no dependency resolution of its own.
@@ -75,6 +75,11 @@ bench-floor: $(STAMP)
 
 bench-fhir: $(STAMP)
 	$(BIN)/python bench/fhir_fallback.py
+
+# Population screening at 1,000, 10,000 and 100,000 generated patients beside the parse and
+# DuckDB floors (exports cached in bench/.cache/; SIZES=1000,10000 for a quicker run).
+bench-screen: $(STAMP)
+	$(BIN)/python bench/screen.py $(if $(SIZES),--sizes $(SIZES))
 
 soak: $(STAMP)
 	$(BIN)/python bench/load.py --soak 300

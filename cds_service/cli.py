@@ -204,5 +204,79 @@ def report(since: datetime | None, fmt: str, config_path: str | None,
     else:
         click.echo(text, nl=False)
 
+def _as_of(text: str | None) -> datetime:
+    """A day (midnight UTC) or an ISO instant; now when not given."""
+    if not text:
+        return datetime.now(UTC)
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise click.BadParameter("give a date or an ISO 8601 instant, e.g. 2026-11-20 or "
+                                 "2026-11-20T12:00:00Z", param_hint="--as-of") from exc
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+@main.command()
+@click.argument("export", type=click.Path(exists=True))
+@click.option("--as-of", "as_of_text", help="Screen as of this day or instant (default: now).")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default="worklist.csv",
+              show_default=True, help="The ranked worklist (owner-only permissions: PHI).")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv",
+              show_default=True, help="jsonl: the same rows with structured evidence.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False),
+              help="Also write a self-contained HTML report with plots.")
+@click.option("--scheduler", help="Address of an existing Dask scheduler (tcp://host:8786); "
+              "'synchronous' to run in this process. Default: a local cluster.")
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Worker processes of the local cluster (default: one per core).")
+@click.option("--block-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="MiB of an NDJSON file per partition (bounds each worker's memory).")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              help="TOML configuration (for knowledge_dir and cards_dir).")
+def screen(export: str, as_of_text: str | None, out_path: str, fmt: str,
+           html_path: str | None, scheduler: str | None, workers: int | None,
+           block_size: int, config_path: str | None) -> None:
+    """Screen a Bulk FHIR export (a folder of NDJSON files or a completion manifest): every
+    patient on dialysis with calciphylaxis risk, ranked, as a worklist."""
+    from cds_service.screening import ExportError
+    from cds_service.screening import screen as run_screen
+
+    try:
+        settings = load_settings(config_path) if config_path else Settings()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    as_of = _as_of(as_of_text)
+    knowledge_dir = str(settings.knowledge_dir) if settings.knowledge_dir else None
+    cards_dir = str(settings.cards_dir) if settings.cards_dir else None
+    if html_path:
+        from cds_service.screening.report import ReportUnavailable, _pyplot
+
+        try:
+            _pyplot()  # before the screen, not after it
+        except ReportUnavailable as exc:
+            raise click.ClickException(str(exc)) from exc
+    try:
+        result = run_screen(export, as_of, scheduler=scheduler, workers=workers,
+                            knowledge_dir=knowledge_dir, cards_dir=cards_dir,
+                            block_size=block_size * 2**20, progress=sys.stdout.isatty())
+    except ExportError as exc:
+        raise click.ClickException(exc.message) from exc
+    from cds_service.screening.worklist import write_worklist
+
+    write_worklist(result.rows, out_path, fmt)
+    if html_path:
+        from cds_service.screening.assess import clinical
+        from cds_service.screening.report import write_report
+
+        knowledge = clinical(knowledge_dir, cards_dir).knowledge
+        labels = {f.id: f.label for f in knowledge.factors.values()}
+        labels |= {c.id: c.id.replace("_", " ") for c in knowledge.medicines.classes}
+        _factor, criterion = knowledge.criterion_for("pth")
+        write_report(result, html_path, labels, criterion.uln_multiple or 9.0)
+    click.echo(result.summary())
+    click.echo(f"engine: {result.scheduler}; worklist: {out_path}"
+               + (f"; report: {html_path}" if html_path else ""))
+
+
 if __name__ == "__main__":
     main()

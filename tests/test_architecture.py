@@ -18,7 +18,8 @@ ALLOWED = {
     "fhir": {"knowledge", "ops"},
     "cards": {"clinical", "knowledge", "fhir"},
     "cdshooks": {"clinical", "knowledge", "fhir", "cards"},
-    "screening": {"clinical", "knowledge", "fhir", "cdshooks"},
+    # Screening runs the hooks' record builder and assessment, and words actions as cards do.
+    "screening": {"clinical", "knowledge", "fhir", "cards"},
     "store": set(),
     "auth": {"store", "ops"},
     "ops": set(),
@@ -30,6 +31,9 @@ NOT_IN_THE_CORE = {"flask", "werkzeug", "flask_cors", "sqlalchemy", "alembic", "
                    "requests", "urllib3", "granian", "gunicorn", "h11", "prometheus_client", "jwt",
                    "matplotlib"}
 CORE = ("knowledge", "clinical")
+# Population screening runs on Dask workers: the web service, its stores and its network clients
+# stay out of it (matplotlib only in its report module, imported when a report is asked for).
+NOT_IN_SCREENING = NOT_IN_THE_CORE - {"matplotlib"}
 
 
 def modules() -> dict[str, Path]:
@@ -109,6 +113,27 @@ def test_the_clinical_core_imports_alone_without_flask(tmp_path):
     code = ("import sys; import cds_service.clinical, cds_service.knowledge; "
             "print(sorted(m for m in ('flask', 'sqlalchemy', 'requests', 'granian') "
             "if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=tmp_path, check=True, env={"PYTHONPATH": str(ROOT)})
+    assert done.stdout.strip() == "[]", done.stdout
+
+
+@pytest.mark.parametrize("module", sorted(m for m in modules() if package_of(m) == "screening"))
+def test_screening_imports_no_web_store_or_network(module):
+    third_party = {name.split(".")[0] for name in imports_of(modules()[module])}
+    assert not third_party & NOT_IN_SCREENING, third_party & NOT_IN_SCREENING
+    if module != "screening.report":
+        assert "matplotlib" not in third_party
+
+
+def test_screening_imports_without_flask_or_matplotlib(tmp_path):
+    """A Dask worker importing the screen loads neither Flask nor SQLAlchemy nor matplotlib."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import cds_service.screening, cds_service.screening.engine; "
+            "print(sorted(m for m in ('flask', 'sqlalchemy', 'requests', 'granian', "
+            "'matplotlib') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=tmp_path, check=True, env={"PYTHONPATH": str(ROOT)})
     assert done.stdout.strip() == "[]", done.stdout

@@ -282,6 +282,13 @@ class CardWriter:
                     calcimimetic_offered=any(s.substitute.gate == "cinacalcet"
                                              for s in suggestions))
 
+    def factor_actions(self, assessment: Assessment) -> dict[str, str]:
+        """What a clinician can do about each factor present, worded as on the patient-view card
+        (Markdown): population screening lists it beside the factor on its worklist."""
+        context = self._advice_context(assessment, suggestions=assessment.suggestions)
+        return {f.factor.id: " ".join(self.actions[f.factor.id].render(**context).split())
+                for f in assessment.findings if f.factor.id in self.actions}
+
     def _factor_rows(self, findings: list[Finding], context: dict) -> list[dict]:
         return [{"label": f.factor.label,
                  "lines": [line for e in f.evidence if (line := self._line(e))],

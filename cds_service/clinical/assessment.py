@@ -343,6 +343,11 @@ def _latest(record: PatientRecord, knowledge: Knowledge, lab_id: str,
     return max(results, key=lambda r: r.effective) if results else None
 
 
+# Public for population screening: the PTH multiple it ranks and plots by, and the medication
+# mix it reports, are read the same way as the cards read them.
+latest_result = _latest
+
+
 def _current_classes(record: PatientRecord, knowledge: Knowledge,
                      now: datetime) -> dict[str, list[Medication]]:
     """medicine class -> the current medicines of it (all classes, risk or not)."""
@@ -351,6 +356,9 @@ def _current_classes(record: PatientRecord, knowledge: Knowledge,
         if _medication_current(medication, now, knowledge):
             classes.setdefault(medication.medicine_class, []).append(medication)
     return classes
+
+
+current_classes = _current_classes
 
 
 def _cinacalcet_safe(record: PatientRecord, knowledge: Knowledge, now: datetime,

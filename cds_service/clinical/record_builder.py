@@ -53,6 +53,12 @@ _ABATEMENTS = ("abatementDateTime", "abatementAge", "abatementPeriod", "abatemen
                "abatementString")
 
 
+# The resource types the builder reads (Medication only through the orders naming it):
+# population screening reads these files of an export and no others.
+RESOURCE_TYPES = ("Patient", "Condition", "Procedure", "Encounter", "Observation",
+                  "MedicationRequest", "MedicationStatement", "MedicationAdministration")
+
+
 def _status_code(concept: Any) -> str | None:
     found = codings(concept)
     return found[0][1] if found else None
@@ -79,6 +85,7 @@ class RecordBuilder:
             "MedicationStatement": self._medication_statement,
             "MedicationAdministration": self._medication_administration,
         }
+        assert set(self._handlers) == set(RESOURCE_TYPES)
         # concept id -> (when, raw resource, identifying code key or None for text)
         self._events: dict[str, list[tuple[datetime | None, Raw, tuple[str, str] | None]]] = {}
         self._lab_candidates: dict[str, list[tuple[datetime | None, Raw]]] = {}
@@ -149,8 +156,11 @@ class RecordBuilder:
         if not self._validated(resource):
             return
         self.record.sex = resource.get("gender")
-        self.record.deceased = (resource.get("deceasedBoolean") is True
-                                or resource.get("deceasedDateTime") is not None)
+        # Dead by `as_of`: a screen of an old export as of an earlier date (or a death recorded
+        # with a date after it) sees the patient alive then.
+        died = resource.get("deceasedDateTime")
+        self.record.deceased = (resource.get("deceasedBoolean") is True or (
+            died is not None and not self._too_new(parse_instant(died))))
         self.record.birth_date = parse_instant(resource.get("birthDate"))
 
     def _condition(self, resource: Raw) -> None:
@@ -168,6 +178,8 @@ class RecordBuilder:
         onset = (parse_instant(resource.get("onsetDateTime"))
                  or raw_period_end(resource.get("onsetPeriod")))
         recorded = parse_instant(resource.get("recordedDate"))
+        if self._too_new(onset or recorded):
+            return  # diagnosed after `as_of` (a screen as of an earlier date)
         self.record.conditions.append(ConditionEntry(
             reference=self._ref(resource),
             concepts=tuple(hits),
@@ -404,6 +416,8 @@ class RecordBuilder:
         # Currency is the order's status and its dosage bounds: an active order whose
         # boundsPeriod or boundsDuration has run out is not current. dispenseRequest's
         # validityPeriod bounds dispensing (refills), not therapy, so it is not read.
+        if not draft and self._too_new(authored):
+            return  # ordered after `as_of` (a screen as of an earlier date)
         ends = None if draft else self._order_end(dosages, authored)
         if ends is not None and self.as_of is not None and ends < self.as_of:
             return
@@ -420,6 +434,8 @@ class RecordBuilder:
         start = (parse_instant(resource.get("effectiveDateTime"))
                  or (parse_instant(period.get("start")) if isinstance(period, dict) else None)
                  or parse_instant(resource.get("dateAsserted")))
+        if self._too_new(start):
+            return  # started after `as_of`
         ends = parse_instant(period.get("end")) if isinstance(period, dict) else None
         ends = ends or self._order_end(dosages, start)
         if ends is not None and self.as_of is not None and ends < self.as_of:
