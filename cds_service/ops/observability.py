@@ -63,6 +63,21 @@ def metrics_content_type() -> str:
     return CONTENT_TYPE_LATEST
 
 
+def json_logging_config(loggers: dict[str, dict]) -> dict:
+    """A logging.config dict that writes the given loggers (a server's: granian's, gunicorn's)
+    and the root as JSON lines on stderr, like the service's own."""
+    handler = {"class": "logging.StreamHandler", "formatter": "json",
+               "stream": "ext://sys.stderr"}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "cds_service.ops.observability.json_formatter"}},
+        "handlers": {"console": handler},
+        "loggers": loggers,
+        "root": {"handlers": ["console"], "level": "INFO"},
+    }
+
+
 def json_formatter() -> JsonFormatter:
     """The one log line shape, for the service's loggers and the server's (server.log_config)."""
     return JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s",

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from cds_service.ops.config import Settings
+from cds_service.ops.observability import json_logging_config
 
 if TYPE_CHECKING:
     from cds_service.ops.rsgi_bridge import RsgiBridge
@@ -39,19 +40,10 @@ MAX_HEADER_BUFFER_BYTES = 64 * 1024
 
 def log_config() -> dict:
     """granian's loggers as JSON lines, like the service's own (observability.json_logging)."""
-    handler = {"class": "logging.StreamHandler", "formatter": "json",
-               "stream": "ext://sys.stderr"}
-    return {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"json": {"()": "cds_service.ops.observability.json_formatter"}},
-        "handlers": {"console": handler, "access": handler},
-        "loggers": {
-            "_granian": {"handlers": ["console"], "level": "INFO", "propagate": False},
-            "granian.access": {"handlers": ["access"], "level": "INFO", "propagate": False},
-        },
-        "root": {"handlers": ["console"], "level": "INFO"},
-    }
+    return json_logging_config({
+        "_granian": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        "granian.access": {"handlers": ["console"], "level": "INFO", "propagate": False},
+    })
 
 
 def granian_options(host: str, port: int, workers: int) -> dict:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from cds_service.ops.config import Settings
 from cds_service.ops.front import RECEIVED_AT_HEADER
+from cds_service.ops.observability import json_logging_config
 from cds_service.ops.rsgi_bridge import RECEIVED_AT
 from cds_service.ops.server import (
     GRACEFUL_SECONDS,
@@ -72,20 +73,11 @@ def with_received_at(app: Callable) -> Callable:
 
 def log_config() -> dict:
     """gunicorn's loggers as JSON lines, like the service's own."""
-    handler = {"class": "logging.StreamHandler", "formatter": "json",
-               "stream": "ext://sys.stderr"}
-    return {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"json": {"()": "cds_service.ops.observability.json_formatter"}},
-        "handlers": {"console": handler},
-        "loggers": {
-            "gunicorn.error": {"handlers": ["console"], "level": "INFO", "propagate": False},
-            # The app logs each call itself, without PHI; no access log with URLs here.
-            "gunicorn.access": {"handlers": [], "level": "CRITICAL", "propagate": False},
-        },
-        "root": {"handlers": ["console"], "level": "INFO"},
-    }
+    return json_logging_config({
+        "gunicorn.error": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        # The app logs each call itself, without PHI; no access log with URLs here.
+        "gunicorn.access": {"handlers": [], "level": "CRITICAL", "propagate": False},
+    })
 
 
 def gunicorn_options(socket_path: str, workers: int,
